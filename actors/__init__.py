@@ -1,0 +1,1 @@
+"""Ray actors: thin shells that build their state from Settings and call into wtb_ray."""

@@ -1,0 +1,269 @@
+"""BatchOrchestrator: the named, detached, restartable actor that runs batches.
+
+It persists every cell of a batch before running any, groups cells by runtime_env, keeps a
+pool of VariantExecutionActors per group and hands them chunks of cells. When an actor dies
+it is replaced and its chunk given to another with ``takeover``: each interrupted execution
+resumes from its last checkpoint. A restarted orchestrator reloads unfinished batches from the
+database and takes over the cells its dead actors left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.executor_pool import ExecutorPool
+from actors.metrics import BatchMetrics
+from wtb_ray.batch.plan import env_key
+from wtb_ray.batch.service import BatchService
+from wtb_ray.batch.spec import parse_spec
+from wtb_ray.config import Settings
+from wtb_ray.engine.bench import Bench
+from wtb_ray.latency import Latency
+
+log = logging.getLogger(__name__)
+NAMESPACE = "wtb"
+MAX_CHUNK_ERRORS = 5
+PIPELINE = 2  # chunks in flight per executor
+DRIVER_ATTEMPTS = 5
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class BatchOrchestrator:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        os.nice(settings["batch_niceness"])  # after the API in the CPU queue (see Settings)
+        self.settings = settings
+        self.service = BatchService(Bench.open(Settings(**settings)))
+        self.metrics = BatchMetrics()
+        self.pool = ExecutorPool(settings, settings["orchestrator_name"],
+                                 settings["executor_idle_seconds"])
+        self.drivers: dict[str, asyncio.Task] = {}
+        self.runs: dict[str, _BatchRun] = {}
+        self.latency = {"node": Latency(), "write": Latency()}  # reported by executors
+        self.booted = False
+        # Reload unfinished batches as soon as the event loop runs, with no caller needed.
+        ray.get_runtime_context().current_actor.boot.remote()
+
+    async def boot(self) -> bool:
+        if not self.booted:
+            self.booted = True
+            self.reaper = asyncio.create_task(self._reap())
+            for batch in await asyncio.to_thread(self.service.batches.unfinished):
+                self._schedule(batch.id, takeover=True)
+        return True
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            self.pool.reap()
+
+    async def schedule(self, *batch_ids: str) -> bool:
+        """Run batches someone else persisted (the HTTP API does, to answer at once)."""
+        await self.boot()
+        for batch_id in batch_ids:
+            self._schedule(batch_id, takeover=False)
+        return True
+
+    def record_latency(self, report: dict[str, Any]) -> None:
+        for kind, snapshot in report.items():
+            self.latency[kind].add(snapshot)
+
+    async def latencies(self) -> dict[str, Any]:
+        """Node and checkpoint-write latency histograms, as reported so far."""
+        return {kind: hist.peek() for kind, hist in self.latency.items()}
+
+    async def executors(self, batch_id: str) -> list[str]:
+        """Names of the executors working for a batch now (for people and tests)."""
+        run = self.runs.get(batch_id)
+        return [self.pool.name(a) for a in run.held] if run else []
+
+    async def submit(self, spec: dict[str, Any], batch_id: str | None = None) -> str:
+        await self.boot()
+        batch = await asyncio.to_thread(self.service.submit, parse_spec(spec), batch_id)
+        self._schedule(batch.id, takeover=False)
+        return batch.id
+
+    async def status(self, batch_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.service.progress, batch_id)
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        await asyncio.to_thread(self.service.batches.request_cancel, batch_id)
+        return await self.status(batch_id)
+
+    async def wait(self, batch_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """The batch's progress once it is no longer driven, or after ``timeout_s``."""
+        await self.boot()
+        task = self.drivers.get(batch_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout_s)
+        status = await self.status(batch_id)
+        status["driving"] = task is not None and not task.done()
+        return status
+
+    async def leaderboard(self, batch_id: str) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(self.service.leaderboard, batch_id)
+        return [r.to_dict() for r in rows]
+
+    def _schedule(self, batch_id: str, *, takeover: bool) -> None:
+        if batch_id not in self.drivers or self.drivers[batch_id].done():
+            self.drivers[batch_id] = asyncio.create_task(self._drive(batch_id, takeover))
+            self.metrics.set_active(sum(not t.done() for t in self.drivers.values()))
+
+    async def _drive(self, batch_id: str, takeover: bool) -> None:
+        try:
+            for attempt in range(DRIVER_ATTEMPTS):
+                try:
+                    self.runs[batch_id] = _BatchRun(self, batch_id)
+                    await self.runs[batch_id].run(takeover)
+                    return
+                except Exception:
+                    delay = 2 ** attempt
+                    log.exception("batch %s: the driver failed (attempt %d of %d); trying "
+                                  "again in %d s", batch_id, attempt + 1, DRIVER_ATTEMPTS, delay)
+                    await asyncio.sleep(delay)
+                    takeover = True  # its executors were killed with it
+            log.error("batch %s left running: it resumes when the orchestrator restarts",
+                      batch_id)
+        finally:
+            self.runs.pop(batch_id, None)
+            self.metrics.set_active(sum(not t.done() for t in self.drivers.values()) - 1)
+
+
+class _BatchRun:
+    """One batch being driven: the executors it holds and the chunks in flight.
+
+    Each executor gets up to PIPELINE chunks at once: the next one waits inside the actor and
+    starts the moment the last ends, so no executor idles while the orchestrator catches up.
+    """
+
+    def __init__(self, owner: BatchOrchestrator, batch_id: str) -> None:
+        self.owner = owner
+        self.service = owner.service
+        self.batch_id = batch_id
+        self.pool = owner.pool
+        self.executors: dict[str, list[Any]] = {}  # held by this batch, per env
+        self.load: dict[Any, int] = {}  # chunks in flight per executor
+        self.queue: dict[str, deque[tuple[list[str], bool]]] = {}
+        self.inflight: dict[asyncio.Future, tuple[str, Any, list[str]]] = {}
+        self.errors = 0  # chunk errors in a row that were not an actor dying
+
+    @property
+    def held(self) -> list[Any]:
+        return [a for actors in self.executors.values() for a in actors]
+
+    async def run(self, takeover: bool) -> None:
+        svc = self.service
+        batch = await asyncio.to_thread(lambda: svc.start(svc.batches.get(self.batch_id)))
+        spec = svc.spec(batch)
+        envs = {env_key(spec.runtime_env_for(c)): spec.runtime_env_for(c)
+                for c in spec.choices()}
+        try:
+            while not batch.finished:
+                if await asyncio.to_thread(svc.cancel_requested, batch):
+                    await asyncio.to_thread(svc.cancel_rest, batch)
+                    self.queue.clear()
+                elif not self.inflight and not any(self.queue.values()):
+                    todo = await asyncio.to_thread(svc.runnable, batch, takeover=takeover)
+                    takeover = False
+                    for env in {c["env"] for c in todo}:
+                        ids = [c["id"] for c in todo if c["env"] == env]
+                        self.queue.setdefault(env, deque()).extend(
+                            (ids[i:i + spec.chunk_size], False)
+                            for i in range(0, len(ids), spec.chunk_size))
+                self._dispatch(envs, spec.parallelism)
+                if self.inflight:
+                    await self._collect()
+                self._release_idle()
+                batch = await asyncio.to_thread(svc.refresh, batch)
+                progress = await asyncio.to_thread(svc.progress, self.batch_id)
+                self.owner.metrics.observe(self.batch_id, progress["combinations"])
+                idle = not self.inflight and not any(self.queue.values())
+                if idle and not batch.finished and not await asyncio.to_thread(
+                        svc.runnable, batch):
+                    break  # only paused cells are left: they wait for a person
+        finally:
+            for env, actors in self.executors.items():
+                for actor in actors:
+                    if self.load.get(actor):
+                        self.pool.discard(actor)  # stopped mid-chunk: not fit to be reused
+                    else:
+                        self.pool.release(env, actor)
+
+    def _dispatch(self, envs: dict[str, dict[str, Any]], parallelism: int) -> None:
+        for env, chunks in self.queue.items():
+            while chunks:
+                actor = self._actor(env, envs.get(env) or {}, parallelism)
+                if actor is None:
+                    break
+                ids, takeover = chunks.popleft()
+                ref = actor.run.remote(self.batch_id, ids, takeover)
+                self.inflight[asyncio.wrap_future(ref.future())] = (env, actor, ids)
+                self.load[actor] = self.load.get(actor, 0) + 1
+
+    def _actor(self, env: str, runtime_env: dict[str, Any], parallelism: int) -> Any:
+        """The least loaded executor with room, a new one while under ``parallelism``."""
+        actors = self.executors.setdefault(env, [])
+        free = [a for a in actors if self.load.get(a, 0) == 0]
+        if free:
+            return free[0]
+        if len(actors) < parallelism:
+            actors.append(self.pool.acquire(env, runtime_env))
+            return actors[-1]
+        spare = [a for a in actors if self.load.get(a, 0) < PIPELINE]
+        return min(spare, key=lambda a: self.load.get(a, 0)) if spare else None
+
+    def _release_idle(self) -> None:
+        """Give back the idle executors of groups with nothing queued: another group may be
+        waiting for their CPUs (the pool frees them when it is)."""
+        for env, actors in self.executors.items():
+            if self.queue.get(env):
+                continue
+            for actor in [a for a in actors if not self.load.get(a)]:
+                actors.remove(actor)
+                self.load.pop(actor, None)
+                self.pool.release(env, actor)
+
+    def _lose(self, env: str, actor: Any) -> None:
+        if actor in self.executors.get(env, []):
+            self.executors[env].remove(actor)
+            self.pool.discard(actor)
+        self.load.pop(actor, None)
+
+    async def _collect(self) -> None:
+        done, _ = await asyncio.wait(set(self.inflight), return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            env, actor, ids = self.inflight.pop(future)
+            if actor in self.load:
+                self.load[actor] -= 1
+            try:
+                self.owner.record_latency(future.result()["latency"])
+                self.errors = 0
+            except RayActorError as exc:
+                # The actor died mid-chunk: a fresh one takes its cells over from their last
+                # checkpoints (their leases name the dead process).
+                log.warning("executor for batch %s died (%s); its %d cells are taken over",
+                            self.batch_id, exc, len(ids))
+                self._lose(env, actor)
+                self.queue.setdefault(env, deque()).appendleft((ids, True))
+            except Exception:
+                self.errors += 1
+                if self.errors >= MAX_CHUNK_ERRORS:
+                    raise  # not transient: stop here; a restart resumes the batch
+                log.exception("a chunk of batch %s failed; its cells are tried again",
+                              self.batch_id)
+                self.queue.setdefault(env, deque()).append((ids, True))
+
+
+def get_or_create(settings: Settings) -> Any:
+    """The cluster's orchestrator (named, detached, in namespace "wtb")."""
+    values = settings.for_actors()
+    return BatchOrchestrator.options(
+        name=settings.orchestrator_name, namespace=NAMESPACE, lifetime="detached",
+        get_if_exists=True,
+    ).remote(values)

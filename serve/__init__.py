@@ -1,0 +1,1 @@
+"""The Ray Serve HTTP API (FastAPI ingress). `serve/app.py` ends with `app = ...bind()`."""

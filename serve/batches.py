@@ -1,0 +1,90 @@
+"""/v1/batches: submit (answers at once; the orchestrator runs it), list, status, results,
+cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from serve.checks import check_matrix
+from serve.context import BadField, Ctx
+from serve.models import BatchIn
+from wtb_ray.batch.spec import parse_spec
+from wtb_ray.domain.batch import new_batch_id
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+
+
+def links(request: Request, batch_id: str) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    return {"self": f"{base}/v1/batches/{batch_id}",
+            "results": f"{base}/v1/batches/{batch_id}/results",
+            "events": f"{base}/v1/events?batch_id={batch_id}",
+            "cancel": f"{base}/v1/batches/{batch_id}/cancel"}
+
+
+def next_page(request: Request, count: int, limit: int, offset: int) -> str | None:
+    if count < limit:
+        return None
+    return str(request.url.include_query_params(limit=limit, offset=offset + limit))
+
+
+@router.post("", status_code=202, responses={202: {"links": {
+    "status": {"operationId": "status_v1_batches__batch_id__get",
+               "parameters": {"batch_id": "$response.body#/id"}},
+    "results": {"operationId": "results_v1_batches__batch_id__results_get",
+                "parameters": {"batch_id": "$response.body#/id"}},
+    "cancel": {"operationId": "cancel_v1_batches__batch_id__cancel_post",
+               "parameters": {"batch_id": "$response.body#/id"}}}}})
+def submit(ctx: Ctx, body: BatchIn, request: Request) -> dict[str, Any]:
+    """Check and persist the batch with every cell, then hand it to the orchestrator; this
+    answers before any cell runs."""
+    if len(body.cases) > ctx.settings.api_max_cases:
+        raise BadField("cases", f"at most {ctx.settings.api_max_cases} cases per batch")
+    check_matrix(ctx.workflow(body.workflow), body.variants, body.combinations)
+    spec = parse_spec({**body.model_dump(exclude_none=True),
+                       "workflow": ctx.ref(body.workflow)})
+    cells = len(spec.choices()) * len(spec.cases) * spec.repeats
+    if cells > ctx.settings.api_max_cells:
+        raise BadField("repeats" if spec.repeats > 1 else "cases",
+                       f"{cells} executions (combinations x cases x repeats) is more than "
+                       f"the {ctx.settings.api_max_cells} one request may create")
+    batch = ctx.batches.submit(spec, new_batch_id())
+    ctx.schedule(batch.id)  # not awaited: the batch is already saved
+    return {"id": batch.id, "status": batch.status, "total": batch.total,
+            "links": links(request, batch.id)}
+
+
+@router.get("")
+def list_batches(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offset = 0,
+                 status: Annotated[str | None, Query(max_length=16)] = None) -> dict[str, Any]:
+    page = ctx.batches.batches.page(status=status, limit=limit, offset=offset)
+    return {"batches": [b.to_dict() for b in page], "limit": limit, "offset": offset,
+            "next": next_page(request, len(page), limit, offset)}
+
+
+@router.get("/{batch_id}")
+def status(ctx: Ctx, batch_id: str, request: Request) -> dict[str, Any]:
+    progress = ctx.batches.progress(batch_id)
+    return {**progress, "links": links(request, batch_id)}
+
+
+@router.get("/{batch_id}/results")
+def results(ctx: Ctx, batch_id: str, request: Request, limit: Limit = 100,
+            offset: Offset = 0) -> dict[str, Any]:
+    batch = ctx.batches.batches.get(batch_id)
+    cells = ctx.batches.batches.results(batch_id, limit=limit, offset=offset)
+    return {"batch": batch.to_dict(),
+            "leaderboard": [r.to_dict() for r in ctx.batches.leaderboard(batch_id)],
+            "cells": cells, "limit": limit, "offset": offset,
+            "next": next_page(request, len(cells), limit, offset)}
+
+
+@router.post("/{batch_id}/cancel", status_code=202)
+def cancel(ctx: Ctx, batch_id: str) -> dict[str, Any]:
+    batch = ctx.batches.batches.request_cancel(batch_id)
+    return {"batch": batch.to_dict()}
+

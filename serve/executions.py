@@ -1,0 +1,121 @@
+"""/v1/executions: start one run, read it, and control it (pause, stop, resume, rollback,
+fork). Runs happen in Ray tasks; what the caller can get wrong is answered on the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from actors.runs import drive
+from serve.checks import check_choice, check_nodes
+from serve.context import Api, BadField, Ctx
+from serve.models import ExecutionIn, ForkIn, ResumeIn, RollbackIn
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition
+from wtb_ray.domain.execution import Execution, Status
+from wtb_ray.engine.lease import lease_is_dead
+from wtb_ray.engine.state import as_state
+from wtb_ray.render import branch_ids
+
+router = APIRouter(prefix="/v1/executions", tags=["executions"])
+
+
+def follow_up(*operations: str) -> dict:
+    """OpenAPI links from a response carrying an execution to what can be done with it."""
+    return {"links": {op: {"operationId": f"{op}_v1_executions__execution_id_{suffix}",
+                           "parameters": {"execution_id": "$response.body#/execution/id"}}
+                      for op, suffix in (("show", "_get"), ("checkpoints", "_checkpoints_get"),
+                                         ("pause", "_pause_post"), ("stop", "_stop_post"),
+                                         ("resume", "_resume_post"),
+                                         ("rollback", "_rollback_post"), ("fork", "_fork_post"))
+                      if op in operations}}
+
+
+ALL = ("show", "checkpoints", "pause", "stop", "resume", "rollback", "fork")
+
+
+def view(request: Request, ex: Execution) -> dict[str, Any]:
+    base = f"{str(request.base_url).rstrip('/')}/v1/executions/{ex.id}"
+    return {"execution": ex.to_dict(),
+            "links": {"self": base, "checkpoints": f"{base}/checkpoints",
+                      "events": f"{str(request.base_url).rstrip('/')}/v1/events?"
+                                f"execution_id={ex.id}"}}
+
+
+def run_in_cluster(ctx: Api, action: str, execution_id: str, **options: Any) -> None:
+    drive.remote(ctx.settings.for_actors(), action, execution_id, options)
+
+
+@router.post("", status_code=202, responses={202: follow_up(*ALL)})
+def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
+    """Create the execution (checked, persisted) and run it on the cluster."""
+    workflow = ctx.workflow(body.workflow)
+    check_choice(workflow, body.variants, "variants")
+    check_nodes(workflow, body.break_before, "break_before")
+    check_nodes(workflow, body.break_after, "break_after")
+    ex = ctx.bench.create(workflow, body.input, variants=body.variants,
+                          break_before=body.break_before, break_after=body.break_after,
+                          labels=body.labels)
+    run_in_cluster(ctx, "start", ex.id)
+    return view(request, ex)
+
+
+@router.get("/{execution_id}")
+def show(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+    ex = ctx.bench.get(execution_id)
+    return {**view(request, ex), "state": ctx.bench.state(ex.id),
+            "node_runs": [b.to_dict() for b in ctx.bench.boundaries(ex.id)]}
+
+
+@router.get("/{execution_id}/checkpoints")
+def checkpoints(ctx: Ctx, execution_id: str) -> dict[str, Any]:
+    ex = ctx.bench.get(execution_id)
+    items = ctx.bench.checkpoints(ex.id)
+    on_branch = branch_ids(ex.head_checkpoint_id, {c.id: c for c in items})
+    return {"execution_id": ex.id, "head": ex.head_checkpoint_id,
+            "checkpoints": [{**c.to_dict(), "on_branch": c.id in on_branch} for c in items]}
+
+
+@router.post("/{execution_id}/pause")
+def pause(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+    return view(request, ctx.bench.pause(execution_id))
+
+
+@router.post("/{execution_id}/stop")
+def stop(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+    return view(request, ctx.bench.stop(execution_id))
+
+
+@router.post("/{execution_id}/resume", status_code=202)
+def resume(ctx: Ctx, execution_id: str, body: ResumeIn, request: Request) -> dict[str, Any]:
+    """Checked here (the state allows it, the variants exist, the patch is an object), then
+    resumed on the cluster."""
+    ex = ctx.bench.get(execution_id)
+    if ex.status is Status.RUNNING and not lease_is_dead(ex):
+        raise InvalidTransition(ex.id, ex.status.value, "resume", "it is already running")
+    if ex.status is not Status.RUNNING:
+        ex.check("resume")
+    check_choice(ctx.bench.workflow_for(ex), body.variants, "variants")
+    patch = as_state(body.patch, "patch") if body.patch is not None else None
+    run_in_cluster(ctx, "resume", ex.id, patch=patch, variants=body.variants)
+    return view(request, ex)
+
+
+@router.post("/{execution_id}/rollback")
+def rollback(ctx: Ctx, execution_id: str, body: RollbackIn, request: Request) -> dict[str, Any]:
+    try:
+        ex = ctx.bench.rollback(execution_id, body.to)
+    except InvalidInput as exc:  # the target: a node that never ran, or not on this branch
+        raise BadField("to", str(exc)) from None
+    return {**view(request, ex), "state": ctx.bench.state(ex.id)}
+
+
+@router.post("/{execution_id}/fork", status_code=202, responses={202: follow_up(*ALL)})
+def fork(ctx: Ctx, execution_id: str, body: ForkIn, request: Request) -> dict[str, Any]:
+    """The fork is created here (paused at its first checkpoint), then run on the cluster."""
+    check_choice(ctx.bench.workflow_for(ctx.bench.get(execution_id)), body.variants, "variants")
+    ex = ctx.bench.fork(execution_id, body.at, patch=body.patch, variants=body.variants,
+                        run=False)
+    if body.run:
+        run_in_cluster(ctx, "resume", ex.id)
+    return view(request, ex)

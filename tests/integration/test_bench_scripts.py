@@ -1,0 +1,43 @@
+"""The benchmark scripts run, on tiny inputs, and end with one JSON object of their figures.
+
+Figures are never asserted here (shared machines are noisy); bench/ prints them for people.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPTS = {
+    "checkpoint_overhead.py": (["--runs", "3", "--rounds", "1"], {
+        "wtb_sqlite_ms_per_run", "langgraph_sqlite_ms_per_run", "ratio_sqlite",
+        "wtb_pgbouncer_ms_per_run", "langgraph_pgbouncer_ms_per_run", "ratio_pgbouncer"}),
+    "storage_growth.py": (["--steps", "10"], {
+        "wtb_bytes", "langgraph_bytes", "ideal_bytes", "wtb_ratio_to_ideal"}),
+    "fork_cost.py": (["--sizes-mb", "1", "--steps", "1", "--rounds", "1"], {
+        "ratio_checkpoint_time_1mb", "ratio_fork_bytes_1mb", "ratio_fork_restore_time_1mb"}),
+    "batch_throughput.py": (["--executions", "20", "--tune-trials", "2",
+                             "--cpu-executions", "4", "--chunk-size", "5"], {
+        "wtb_exec_per_s", "raw_pool_items_per_s", "ratio_vs_raw_pool", "tune_trials_per_s",
+        "ratio_vs_tune", "cpu_bound_speedup_2_vs_1"}),
+    "serve_latency.py": (["--rate", "20", "--seconds", "1", "--warmup", "2"], {
+        "submit_p50_ms", "submit_p99_ms", "status_p50_ms", "status_p99_ms", "noop_p50_ms",
+        "ratio_status_vs_noop"}),
+    "outbox_relay.py": (["--events", "200", "--aggregates", "10", "--seconds", "1"], {
+        "sqlite_events_per_s", "pgbouncer_events_per_s", "sqlite_p95_lag_s",
+        "pgbouncer_p95_lag_s"}),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bench_script_prints_its_figures_as_json(script, postgres_ready):
+    args, keys = SCRIPTS[script]
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert keys <= figures.keys()
+    assert all(isinstance(figures[k], (int, float)) and figures[k] > 0 for k in keys)

@@ -1,0 +1,188 @@
+"""Batches on a local Ray instance, on SQLite and on PostgreSQL through PgBouncer, with real
+failures: executors killed by Ray and by os._exit, the orchestrator killed and restarted."""
+
+import json
+import os
+import time
+from collections import Counter
+
+import ray
+
+from actors.orchestrator import get_or_create
+from tests.integration.test_batch_local import check_matrix_results, matrix_spec
+from tests.ray.conftest import wait_for
+from wtb_ray.batch.local import run_local
+
+
+def submit(ray_settings, spec):
+    orchestrator = get_or_create(ray_settings)
+    return orchestrator, ray.get(orchestrator.submit.remote(spec.model_dump(mode="json")))
+
+
+def finish(orchestrator, batch_id, timeout=240):
+    status = ray.get(orchestrator.wait.remote(batch_id, timeout))
+    assert not status["driving"], f"batch still running after {timeout} s: {status}"
+    return status
+
+
+def executors(orchestrator, batch_id):
+    return ray.get(orchestrator.executors.remote(batch_id))
+
+
+def kill_all_and_wait(names, timeout=60):
+    """Kill every actor at once (one by one, the orchestrator would hand the held cell to a
+    survivor in between). ray.kill marks an actor dead at once, but its process can live a
+    moment longer (and finish what it was doing): wait until each process itself is gone."""
+    actors = [ray.get_actor(name, namespace="wtb") for name in names]
+    pids = ray.get([a.info.remote() for a in actors], timeout=30)  # answers while a chunk runs
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    deadline = time.time() + timeout
+    for pid in (p["pid"] for p in pids):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.time() < deadline, f"process {pid} survived ray.kill"
+            time.sleep(0.05)
+
+
+def node_runs(log):
+    return Counter(log.read_text().split())
+
+
+def held_spec(tmp_path, x=3, combo='{"a":"default","b":"default"}', **extra):
+    """The matrix spec where one cell holds inside node b until the test lets it go."""
+    spec = matrix_spec(**extra).model_dump(mode="json")
+    for case in spec["cases"]:
+        case["input"].update(log_path=str(tmp_path / "runs.log"), hold_dir=str(tmp_path))
+        if case["input"]["x"] == x:
+            case["input"]["hold_at"] = f"b:{x}:{combo}"
+    return matrix_spec(**{**extra, "cases": spec["cases"]}), f"b:{x}:{combo}"
+
+
+def test_matrix_runs_on_ray_and_matches_the_in_process_run(ray_settings, service):
+    orchestrator, batch_id = submit(ray_settings, matrix_spec())
+    status = finish(orchestrator, batch_id)
+    assert status["batch"]["status"] == "completed" and status["batch"]["completed"] == 30
+    check_matrix_results(service, batch_id)
+
+    local = run_local(service, service.submit(matrix_spec()).id)
+
+    def comparable(batch_id):
+        return sorted((r["combo"], r["case_id"], r["repeat"], r["status"], r["passed"],
+                       r["node_count"], json.dumps(r["metrics"], sort_keys=True))
+                      for r in service.batches.results(batch_id))
+
+    assert comparable(batch_id) == comparable(local.id)
+    on_ray = [(r.combo, r.pass_rate, r.vs_best, r.ci_low, r.ci_high, r.significant, r.metrics)
+              for r in service.leaderboard(batch_id)]
+    assert on_ray == [(r.combo, r.pass_rate, r.vs_best, r.ci_low, r.ci_high, r.significant,
+                       r.metrics) for r in service.leaderboard(local.id)]
+
+
+def test_each_variant_runs_in_its_own_runtime_env(ray_settings, service):
+    spec = matrix_spec(
+        variants={"c": ["alpha", "beta"]},
+        runtime_env={"c=alpha": {"env_vars": {"WTB_TEST_FLAVOR": "alpha"}},
+                     "c=beta": {"env_vars": {"WTB_TEST_FLAVOR": "beta"},
+                                "pip": ["six==1.16.0"]}})
+    orchestrator, batch_id = submit(ray_settings, spec)
+    assert finish(orchestrator, batch_id, timeout=400)["batch"]["completed"] == 10
+    seen = {(service.bench.state(c["id"])["flavor"], service.bench.state(c["id"])["six"])
+            for c in service.batches.cells(batch_id)}
+    import six  # the driver's own environment
+
+    assert seen == {("alpha", six.__version__), ("beta", "1.16.0")}
+    assert six.__version__ != "1.16.0"
+
+
+def test_an_executor_killed_by_ray_loses_nothing(ray_settings, service, tmp_path):
+    spec, point = held_spec(tmp_path)
+    orchestrator, batch_id = submit(ray_settings, spec)
+    wait_for(tmp_path / f"{point}.waiting")
+    kill_all_and_wait(executors(orchestrator, batch_id))
+    (tmp_path / f"{point}.go").write_text("")
+    assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+    check_matrix_results(service, batch_id)
+    runs = node_runs(tmp_path / "runs.log")
+    assert all(n == 1 for name, n in runs.items() if name.startswith("a:"))  # never rerun
+    held = next(c["id"] for c in service.batches.cells(batch_id)
+                if c["case"] == "x3" and c["combo"] == point.split(":", 2)[2])
+    recoveries = [e.kind for e in service.bench.history(held)].count("execution.recovered")
+    # Each recovery re-ran only the interrupted node, from its entry checkpoint. (Usually one;
+    # a second when a replacement took the cell before the last kill landed.)
+    assert recoveries >= 1 and runs[point] == 1 + recoveries
+    assert all(n in (1, 2) for name, n in runs.items() if name.startswith("b:") and name != point)
+
+
+def test_an_executor_that_dies_inside_a_node_loses_nothing(ray_settings, service, tmp_path):
+    spec = matrix_spec().model_dump(mode="json")
+    for case in spec["cases"]:
+        case["input"].update(log_path=str(tmp_path / "runs.log"), hold_dir=str(tmp_path))
+        if case["input"]["x"] == 2:
+            case["input"]["exit_at"] = "b"  # the first b of x=2 calls os._exit(1)
+    orchestrator, batch_id = submit(ray_settings, matrix_spec(cases=spec["cases"]))
+    assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+    assert (tmp_path / "b.2.exited").exists()
+    check_matrix_results(service, batch_id)
+    runs = node_runs(tmp_path / "runs.log")
+    assert all(n == 1 for name, n in runs.items() if name.startswith("a:"))
+    assert sum(n for name, n in runs.items() if name.startswith("b:2:")) >= 7
+
+
+def test_the_orchestrator_killed_mid_batch_restarts_and_completes_every_cell_once(
+        ray_settings, service, tmp_path):
+    spec, point = held_spec(tmp_path)
+    orchestrator, batch_id = submit(ray_settings, spec)
+    wait_for(tmp_path / f"{point}.waiting")
+    ray.kill(orchestrator, no_restart=False)  # Ray restarts it; its executors die with it
+    (tmp_path / f"{point}.waiting").unlink()
+    wait_for(tmp_path / f"{point}.waiting")  # the restarted one took the held cell over
+    (tmp_path / f"{point}.go").write_text("")
+    assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+    check_matrix_results(service, batch_id)  # 30 cells, each completed exactly once
+    assert len(service.batches.cells(batch_id)) == 30
+
+
+def test_always_failing_variant_fails_after_max_attempts_on_ray(ray_settings, service):
+    spec = matrix_spec(variants={"a": ["default"], "b": ["default", "fails"]}, max_attempts=3)
+    orchestrator, batch_id = submit(ray_settings, spec)
+    status = finish(orchestrator, batch_id)
+    assert (status["batch"]["completed"], status["batch"]["failed"]) == (5, 5)
+    attempts = {c["status"]: c["attempts"] for c in service.batches.cells(batch_id)}
+    assert attempts == {"completed": 1, "failed": 3}
+
+
+def test_cancel_stops_scheduling_and_cancels_the_rest(ray_settings, service, tmp_path):
+    spec, point = held_spec(tmp_path, x=1, chunk_size=2, parallelism=1)
+    orchestrator, batch_id = submit(ray_settings, spec)
+    wait_for(tmp_path / f"{point}.waiting")
+    ray.get(orchestrator.cancel.remote(batch_id))
+    (tmp_path / f"{point}.go").write_text("")
+    status = finish(orchestrator, batch_id)
+    assert status["batch"]["status"] == "cancelled"
+    cells = service.batches.cells(batch_id)
+    statuses = Counter(c["status"] for c in cells)
+    assert set(statuses) <= {"completed", "cancelled"} and statuses["cancelled"] >= 26
+    never_started = [c for c in cells if c["status"] == "cancelled" and c["attempts"] == 0]
+    assert len(never_started) >= 26
+
+
+def test_batch_progress_is_exported_as_ray_metrics(ray_settings, ray_cluster):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    orchestrator, batch_id = submit(ray_settings, matrix_spec())
+    assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+    url = f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics"
+    deadline = time.time() + 90  # Ray exports metrics every few seconds
+    seen = {}
+    while time.time() < deadline and seen.get("completed") != 30:
+        for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+            if family.name == "ray_wtb_batch_cells":
+                seen = {s.labels["status"]: s.value for s in family.samples
+                        if s.labels.get("batch") == batch_id}
+        time.sleep(1)
+    assert seen.get("completed") == 30 and seen.get("pending") == 0

@@ -1,0 +1,188 @@
+"""The HTTP API end to end, over real HTTP: batches with their event stream, execution
+control, authentication, metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT
+
+BATCH = {
+    "workflow": "astro-qa", "name": "http-batch",
+    "variants": {"answer": ["default", "lead"], "retrieve": ["default", "bm25"]},
+    "cases": [{"id": "venus", "input": {"question": "Which planet is the hottest?"},
+               "expected": {"answer_contains": "Venus"}},
+              {"id": "olympus", "input": {"question": "What is the tallest volcano?"},
+               "expected": {"answer_contains": "Olympus Mons"}},
+              {"id": "halley", "input": {"question": "How often does Halley's Comet return?"},
+               "expected": {"answer_contains": "76 years"}}],
+    "evaluators": [{"type": "contains", "key": "answer", "expected": "answer_contains"},
+                   {"type": "usage", "metric": "tokens"}],
+}
+
+
+def follow_events(api, batch_id: str, timeout: float = 180,
+                  drop_after: int = 5) -> tuple[list[dict], int]:
+    """Read /v1/events to the batch's end, reconnecting with Last-Event-ID whenever a stream
+    ends: the server ends each after a few seconds here, and this client hangs up once by
+    itself after ``drop_after`` events. Returns the events and the number of reconnects."""
+    events, last, streams = [], None, 0
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        headers = {"Last-Event-ID": str(last)} if last is not None else {}
+        streams += 1
+        with api.client.stream("GET", "/v1/events", params={"batch_id": batch_id},
+                               headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            block: dict[str, str] = {}
+            for line in response.iter_lines():
+                if line == "":
+                    if "data" in block:
+                        event = json.loads(block["data"])
+                        assert int(block["id"]) == event["id"] and block["event"] == event["kind"]
+                        events.append(event)
+                        last = event["id"]
+                        if event["kind"] == "batch.completed":
+                            return events, streams - 1
+                        if len(events) == drop_after:
+                            break  # hang up mid-stream
+                    block = {}
+                elif not line.startswith(":"):
+                    key, _, value = line.partition(": ")
+                    block[key] = value
+    raise AssertionError(f"no batch.completed within {timeout} s ({len(events)} events)")
+
+
+def test_healthz_needs_no_token(api):
+    response = api.anonymous.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "orchestrator": "ok"}
+
+
+def test_every_other_route_needs_the_bearer_token(api):
+    spec = api.client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        if path == "/healthz":
+            continue
+        concrete = path.replace("{batch_id}", "b0").replace("{execution_id}", "e0")
+        for method in operations:
+            for client, headers in ((api.anonymous, {}),
+                                    (api.anonymous, {"Authorization": "Bearer wrong"}),
+                                    (api.anonymous, {"Authorization": "Basic " + "x" * 20})):
+                response = client.request(method, concrete, headers=headers, json={})
+                assert response.status_code == 401, (method, path, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+                checked += 1
+    assert checked == 3 * 16  # 5 batch, 8 execution, events, workflows, metrics
+
+
+def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api):
+    started = time.perf_counter()
+    submitted = api.client.post("/v1/batches", json=BATCH)
+    assert submitted.status_code == 202, submitted.text
+    body = submitted.json()
+    assert body["status"] == "pending" and body["total"] == 12
+    assert body["links"]["events"].endswith(f"/v1/events?batch_id={body['id']}")
+    assert time.perf_counter() - started < 60  # it did not wait for the batch to run
+
+    events, reconnects = follow_events(api, body["id"])
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids)), "events repeated or out of order across reconnects"
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "batch.created" and kinds[-1] == "batch.completed"
+    assert kinds.count("execution.completed") == 12
+    assert kinds.count("node.completed") == 12 * 4
+    assert reconnects >= 1  # the server ended streams; nothing was missed on reconnecting
+
+    results = api.client.get(f"/v1/batches/{body['id']}/results", params={"limit": 500}).json()
+    cli = subprocess.run([sys.executable, "-m", "wtb_ray.cli", "batch", "results", body["id"],
+                          "--format", "json", "--db", api.settings.url],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    from_cli = json.loads(cli.stdout)
+    assert results["leaderboard"] == from_cli["leaderboard"]
+    assert results["cells"] == from_cli["cells"] and len(results["cells"]) == 12
+    board = {tuple(sorted(r["variants"].items())): r for r in results["leaderboard"]}
+    assert board[(("answer", "lead"), ("retrieve", "default"))]["pass_rate"] < 1.0
+
+    status = api.client.get(f"/v1/batches/{body['id']}").json()
+    assert status["batch"]["status"] == "completed" and status["batch"]["completed"] == 12
+    page = api.client.get("/v1/batches", params={"limit": 1}).json()
+    assert len(page["batches"]) == 1 and page["next"].endswith("offset=1")
+
+
+def test_pause_resume_rollback_and_fork_over_http(api):
+    started = api.client.post("/v1/executions", json={
+        "workflow": "chain", "input": {"seed": 1}, "break_after": ["b"]})
+    assert started.status_code == 202, started.text
+    ex_id = started.json()["execution"]["id"]
+    paused = api.wait_for(f"/v1/executions/{ex_id}",
+                          lambda b: b["execution"]["status"] == "paused")
+    assert paused["execution"]["step"] == 2
+
+    resumed = api.client.post(f"/v1/executions/{ex_id}/resume",
+                              json={"variants": {"b": "bonus"}, "patch": {"seed": 2}})
+    assert resumed.status_code == 202, resumed.text
+    done = api.wait_for(f"/v1/executions/{ex_id}",
+                        lambda b: b["execution"]["status"] == "completed")
+    assert done["state"]["seed"] == 2 and done["execution"]["variants"] == {"b": "bonus"}
+
+    tree = api.client.get(f"/v1/executions/{ex_id}/checkpoints").json()
+    after_a = next(c for c in tree["checkpoints"] if c["node"] == "a")
+    rolled = api.client.post(f"/v1/executions/{ex_id}/rollback", json={"to": after_a["id"]})
+    assert rolled.status_code == 200 and rolled.json()["execution"]["status"] == "paused"
+    assert rolled.json()["state"] == {"seed": 1, "a": 1, "total": 1}
+
+    forked = api.client.post(f"/v1/executions/{ex_id}/fork",
+                             json={"at": after_a["id"], "patch": {"total": 10},
+                                   "variants": {"b": "default"}})  # origin now runs bonus
+    assert forked.status_code == 202, forked.text
+    fork_id = forked.json()["execution"]["id"]
+    fork = api.wait_for(f"/v1/executions/{fork_id}",
+                        lambda b: b["execution"]["status"] == "completed")
+    assert fork["state"]["b"] == 10 * 2 + 1
+    origin = api.client.get(f"/v1/executions/{ex_id}").json()
+    assert origin["execution"]["status"] == "paused"
+    assert origin["state"] == {"seed": 1, "a": 1, "total": 1}
+
+    refused = api.client.post(f"/v1/executions/{fork_id}/pause")
+    assert refused.status_code == 409 and "it is completed" in refused.json()["error"]["message"]
+    again = api.client.post(f"/v1/executions/{fork_id}/resume", json={})
+    assert again.status_code == 409
+    assert api.client.get("/v1/executions/nope").status_code == 404
+    assert api.client.post("/v1/batches/nope/cancel").status_code == 404
+
+
+def test_metrics_parse_and_their_counters_move(api):
+    def scrape() -> dict:
+        text = api.client.get("/metrics").text
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def total(family, **labels) -> float:
+        return sum(s.value for s in family.samples
+                   if s.name.endswith(("_total", "_count")) or s.name == family.name
+                   if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    before = scrape()
+    api.client.post("/v1/executions", json={"workflow": "chain", "input": {}})
+    api.wait_for("/v1/batches", lambda b: True)
+    time.sleep(0.5)
+    after = api.wait_for("/v1/executions/none", lambda b: True) and scrape()
+    deadline = time.time() + 60
+    while (total(after["wtb_executions"], status="completed")
+           <= total(before["wtb_executions"], status="completed")) and time.time() < deadline:
+        time.sleep(0.5)
+        after = scrape()
+    assert total(after["wtb_http_requests"]) > total(before["wtb_http_requests"])
+    assert total(after["wtb_executions"], status="completed") > total(
+        before["wtb_executions"], status="completed")
+    for name in ("wtb_batches", "wtb_outbox_pending", "wtb_outbox_lag_seconds",
+                 "wtb_node_duration_seconds", "wtb_checkpoint_write_seconds"):
+        assert name in after, name
+    assert total(after["wtb_checkpoint_write_seconds"]) > 0

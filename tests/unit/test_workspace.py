@@ -1,0 +1,197 @@
+"""Workspace snapshots and restores on the embedded store: the stat index, streaming, ignore
+patterns, type changes and symbolic links."""
+
+import os
+import time
+import tracemalloc
+
+import pytest
+
+from wtb_ray import InvalidInput
+from wtb_ray.domain.errors import WorkspaceError
+from wtb_ray.storage.store import Store
+from wtb_ray.workspace import IgnoreRules, Workspace
+
+OLD = 1_600_000_000 * 10**9  # 2020: long before any clock a snapshot takes
+
+
+@pytest.fixture
+def store(sqlite_url):
+    s = Store.open(sqlite_url)
+    yield s
+    s.close()
+
+
+def age(*paths):
+    """Give files an old mtime, then wait until the file system's clock has moved past their
+    ctime (which that change set), so the stat index may trust them."""
+    for p in paths:
+        os.utime(p, ns=(OLD, OLD), follow_symlinks=False)
+    newest = max(os.lstat(p).st_ctime_ns for p in paths)
+    probe = paths[0].parent.parent / "clock-probe"
+    while True:
+        probe.write_bytes(b"")
+        if os.lstat(probe).st_mtime_ns > newest:
+            break
+        time.sleep(0.001)
+
+
+def test_unchanged_files_are_not_read_again(store, tmp_path):
+    ws = Workspace(tmp_path / "ws", store)
+    files = [tmp_path / "ws" / f"f{i}.txt" for i in range(5)]
+    (tmp_path / "ws").mkdir()
+    for i, f in enumerate(files):
+        f.write_text(f"file {i}\n")
+    age(*files)
+    first = ws.snapshot()
+    assert ws.last_files_read == 5
+    assert ws.snapshot() == first and ws.last_files_read == 0
+    files[2].write_text("FILE 2\n")  # same size, new bytes
+    age(files[2])
+    second = ws.snapshot()
+    assert second != first and ws.last_files_read == 1
+    again = Workspace(tmp_path / "ws", store)  # a new process: the index is on disk
+    again.restore(second)
+    assert again.snapshot() == second and again.last_files_read == 0
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(store, tmp_path):
+    ws = Workspace(tmp_path / "ws", store)
+    (tmp_path / "ws").mkdir()
+    f = tmp_path / "ws" / "model.bin"
+    f.write_bytes(b"a" * 100)
+    age(f)
+    first = ws.snapshot()
+    f.write_bytes(b"b" * 100)
+    age(f)  # mtime put back: the ctime still moves
+    assert ws.snapshot() != first and ws.last_files_read == 1
+
+
+def test_files_too_recent_to_trust_are_read_again(store, tmp_path):
+    ws = Workspace(tmp_path / "ws", store)
+    (tmp_path / "ws").mkdir()
+    f = tmp_path / "ws" / "racy.txt"
+    f.write_text("x")
+    future = OLD * 2
+    os.utime(f, ns=(future, future))
+    ws.snapshot()
+    ws.snapshot()
+    assert ws.last_files_read == 1  # never trusted while its mtime is not in the past
+
+
+def test_big_files_are_streamed_not_loaded_whole(store, tmp_path):
+    (tmp_path / "ws").mkdir()
+    big = tmp_path / "ws" / "weights.bin"
+    size = 64 << 20
+    with open(big, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+    ws = Workspace(tmp_path / "ws", store)
+    tracemalloc.start()
+    try:
+        tree = ws.snapshot()
+        _, peak_snapshot = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        Workspace(tmp_path / "copy", store).restore(tree)
+        _, peak_restore = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_snapshot < size / 2 and peak_restore < size / 2
+    assert (tmp_path / "copy" / "weights.bin").read_bytes() == big.read_bytes()
+
+
+def test_restore_replaces_types_and_never_writes_through_links(store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "ws"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.txt").write_text("in sub")
+    (root / "thing").write_text("a file")
+    os.symlink("sub/f.txt", root / "link")
+    ws = Workspace(root, store)
+    tree = ws.snapshot()
+    import shutil
+
+    shutil.rmtree(root / "sub")
+    os.symlink(str(outside), root / "sub")  # a link where a directory was
+    (root / "thing").unlink()
+    (root / "thing").mkdir()  # a directory where a file was
+    (root / "thing" / "inner").write_text("x")
+    (root / "link").unlink()
+    (root / "link").write_text("a file where a link was")
+    ws.restore(tree)
+    assert list(outside.iterdir()) == []  # nothing was written through the link
+    assert (root / "sub").is_dir() and not (root / "sub").is_symlink()
+    assert (root / "sub" / "f.txt").read_text() == "in sub"
+    assert (root / "thing").read_text() == "a file"
+    assert os.readlink(root / "link") == "sub/f.txt"
+
+
+def test_restore_removes_untracked_paths_but_keeps_ignored_ones(store, tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "keep.txt").write_text("k")
+    ws = Workspace(root, store, ignore=["cache/", "*.tmp"])
+    tree = ws.snapshot()
+    (root / "extra").mkdir()
+    (root / "extra" / "note.tmp").write_text("ignored, inside an untracked directory")
+    (root / "extra" / "gone.txt").write_text("untracked")
+    (root / "cache").mkdir()
+    (root / "cache" / "blob").write_text("ignored directory")
+    (root / "new.txt").write_text("untracked")
+    ws.restore(tree)
+    assert sorted(p.name for p in root.iterdir()) == [".wtb", "cache", "extra", "keep.txt"]
+    assert [p.name for p in (root / "extra").iterdir()] == ["note.tmp"]
+
+
+def test_special_files_and_size_limits_name_the_file(store, tmp_path):
+    root = tmp_path / "ws"
+    (root / "d").mkdir(parents=True)
+    os.mkfifo(root / "d" / "pipe")
+    with pytest.raises(WorkspaceError, match="'d/pipe': not a regular file"):
+        Workspace(root, store).snapshot()
+    os.unlink(root / "d" / "pipe")
+    (root / "d" / "large").write_bytes(b"x" * 2000)
+    with pytest.raises(WorkspaceError, match="'d/large': 2000 bytes is over the size limit"):
+        Workspace(root, store, max_file_bytes=1000).snapshot()
+
+
+@pytest.mark.parametrize("pattern, path, is_dir, ignored", [
+    ("*.log", "a/b/run.log", False, True),
+    ("*.log", "a/b/run.txt", False, False),
+    ("build/", "src/build", True, True),
+    ("build/", "src/build", False, False),
+    ("/build", "build", True, True),
+    ("/build", "src/build", True, False),
+    ("data/raw", "data/raw", True, True),
+    ("data/raw", "x/data/raw", True, False),
+    ("__pycache__", "pkg/__pycache__", True, True),
+])
+def test_ignore_patterns(pattern, path, is_dir, ignored):
+    name = path.rsplit("/", 1)[-1]
+    assert IgnoreRules([pattern]).ignored(path, name, is_dir) is ignored
+
+
+def test_the_wtb_directory_is_always_ignored_and_bad_patterns_refused():
+    assert IgnoreRules([]).ignored(".wtb", ".wtb", True)
+    assert not IgnoreRules([]).ignored("sub/.wtb", ".wtb", True)
+    with pytest.raises(InvalidInput, match="negation"):
+        IgnoreRules(["!keep.log"])
+
+
+def test_a_restore_copies_from_a_source_only_what_its_index_vouches_for(store, tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for name in ("same.txt", "edited.txt", "gone.txt"):
+        (origin / name).write_text(f"{name} at the checkpoint\n")
+    age(*origin.iterdir())
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()  # the index now vouches for all three
+    (origin / "edited.txt").write_text("edited.txt after the fork\n")  # same size
+    age(origin / "edited.txt")
+    (origin / "gone.txt").unlink()
+    fork = Workspace(tmp_path / "fork", store)
+    fork.restore(tree, sources=[str(origin)])
+    for name in ("same.txt", "edited.txt", "gone.txt"):
+        assert (tmp_path / "fork" / name).read_text() == f"{name} at the checkpoint\n"

@@ -1,0 +1,1 @@
+"""Batches: variant combinations x cases x repeats, run, scored and compared."""

@@ -1,0 +1,222 @@
+"""Batch operations that do not care where cells run: submit (persist every cell first),
+run a chunk of cells, score them, keep the batch's counts, cancel, and the leaderboard.
+
+The in-process runner (local.py) and the Ray actors both drive batches through this class,
+so a batch gives the same results wherever it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wtb_ray.batch import evaluators
+from wtb_ray.batch.plan import check_against, plan_cells
+from wtb_ray.batch.spec import BatchSpec, Case
+from wtb_ray.batch.stats import CellResult, Row, leaderboard
+from wtb_ray.domain import batch as states
+from wtb_ray.domain.batch import Batch
+from wtb_ray.domain.errors import NotFound
+from wtb_ray.domain.execution import Status
+from wtb_ray.engine import group
+from wtb_ray.engine.bench import Bench
+from wtb_ray.engine.lease import lease_is_dead
+from wtb_ray.engine.loader import load_workflow
+from wtb_ray.storage.batches import Batches
+from wtb_ray.storage.store import Change
+
+
+@dataclass
+class ChunkReport:
+    statuses: dict[str, str] = field(default_factory=dict)  # execution id -> status
+    skipped: dict[str, str] = field(default_factory=dict)  # execution id -> why
+
+
+class BatchService:
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.batches = Batches(bench.store)
+        self._specs: dict[str, BatchSpec] = {}
+
+    # -- submitting -------------------------------------------------------------------
+
+    def submit(self, spec: BatchSpec, batch_id: str | None = None) -> Batch:
+        """Check the spec, persist the batch and every one of its cells; run nothing.
+
+        With ``batch_id`` given, submitting again returns the batch already persisted (a
+        retried call after a crash does not create it twice).
+        """
+        if batch_id is not None:
+            try:
+                existing = self.batches.get(batch_id)
+            except NotFound:
+                pass
+            else:
+                self.materialize(existing)
+                return existing
+        wf = load_workflow(spec.workflow)
+        check_against(spec, wf)
+        cells = plan_cells(spec)
+        # The webhook's secret is kept apart from the spec, which is shown to anyone.
+        batch = Batch(name=spec.name or wf.name, workflow_ref=spec.workflow,
+                      spec=spec.model_dump(mode="json", exclude={"webhook": {"secret"}}),
+                      total=len(cells))
+        if batch_id is not None:
+            batch.id = batch_id
+        self.batches.create(batch, spec.webhook.model_dump() if spec.webhook else None)
+        self.materialize(batch)
+        return batch
+
+    def materialize(self, batch: Batch) -> int:
+        """Create the cells that do not exist yet (all of them, or the rest after a crash)."""
+        spec = self.spec(batch)
+        have = {(c["combo"], c["case"], c["repeat"]) for c in self.batches.cells(batch.id)}
+        missing = [c for c in plan_cells(spec) if (c.combo, c.case.id, c.repeat) not in have]
+        wf = load_workflow(spec.workflow)
+        group.create_many(self.bench, wf, [
+            {"input": c.case.input, "variants": c.choice, "labels": c.labels(),
+             "batch_id": batch.id} for c in missing])
+        return len(missing)
+
+    def spec(self, batch: Batch) -> BatchSpec:
+        if batch.id not in self._specs:
+            self._specs[batch.id] = BatchSpec.model_validate(batch.spec)
+        return self._specs[batch.id]
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def runnable(self, batch: Batch, *, takeover: bool = False) -> list[dict[str, Any]]:
+        """Cells to run now: pending, failed with attempts left, or running with no live
+        runner (``takeover``: the caller knows every earlier runner is gone)."""
+        max_attempts = self.spec(batch).max_attempts
+
+        def ready(cell: dict[str, Any]) -> bool:
+            if cell["status"] == "running":
+                return takeover or lease_is_dead(self.bench.store.execution(cell["id"]))
+            return cell["status"] == "pending" or (
+                cell["status"] == "failed" and cell["attempts"] < max_attempts)
+
+        return [c for c in self.batches.cells(batch.id) if ready(c)]
+
+    def start(self, batch: Batch) -> Batch:
+        if batch.status == states.PENDING:
+            batch.status, batch.started_at = states.RUNNING, time.time()
+            self.batches.save(batch, batch.event("batch.started", total=batch.total))
+        return batch
+
+    def run_chunk(self, batch: Batch, execution_ids: list[str], *,
+                  takeover: bool = False) -> ChunkReport:
+        """Claim, run and score some cells of ``batch`` in this process."""
+        spec = self.spec(batch)
+        runs, skipped = group.run_many(self.bench, execution_ids, takeover=takeover,
+                                       timeout_s=spec.timeout_s)
+        finished = [r for r in runs if r.ex.status in (Status.COMPLETED, Status.FAILED)]
+        self.score(batch, [(r.ex.id, r.ex.status.value, r.state.values, r.ex.labels,
+                            r.ex.error) for r in finished])
+        return ChunkReport({r.ex.id: r.ex.status.value for r in runs}, skipped)
+
+    def score(self, batch: Batch, finished: Iterable[tuple[str, str, dict, dict, Any]]) -> None:
+        finished = list(finished)
+        if not finished:
+            return
+        spec = self.spec(batch)
+        cases = {c.id: c for c in spec.cases}
+        totals = self.bench.store.node_totals([f[0] for f in finished])
+        rows = []
+        for execution_id, status, state, labels, error in finished:
+            t = totals[execution_id]
+            facts = evaluators.RunFacts(status, round(t["latency_ms"], 3), t["node_count"],
+                                        t["usage"])
+            scored = evaluators.score(spec.evaluators, state, cases.get(
+                labels["case"], Case(id=labels["case"])), facts)
+            rows.append({
+                "execution_id": execution_id, "batch_id": batch.id, "combo": labels["combo"],
+                "case_id": labels["case"], "repeat": labels["repeat"], "status": status,
+                "passed": scored.passed, "latency_ms": facts.latency_ms,
+                "node_count": facts.node_count, "metrics": scored.metrics,
+                "error": f"{error['type']}: {error['message']}" if error else None,
+                "evaluated_at": time.time()})
+        self.batches.save_results(rows)
+
+    def score_missing(self, batch: Batch) -> int:
+        """Score finished cells that have no result: a runner that died between committing
+        an execution and scoring it leaves such a gap."""
+        have = self.batches.result_ids(batch.id)
+        max_attempts = self.spec(batch).max_attempts
+        todo = [c for c in self.batches.cells(batch.id) if c["id"] not in have and (
+            c["status"] == "completed" or (c["status"] == "failed"
+                                          and c["attempts"] >= max_attempts))]
+        self.score(batch, [(c["id"], c["status"], self.bench.state(c["id"]), c, c["error"])
+                           for c in todo])
+        return len(todo)
+
+    # -- progress, cancel, finish ---------------------------------------------------------
+
+    def refresh(self, batch: Batch) -> Batch:
+        """Recount cells from their executions; finish the batch when nothing is left."""
+        counts = self.batches.status_counts(batch.id)
+        max_attempts = self.spec(batch).max_attempts
+        retryable = sum(1 for c in self.batches.cells(batch.id)
+                        if c["status"] == "failed" and c["attempts"] < max_attempts)
+        batch.completed, batch.cancelled = counts["completed"], counts["cancelled"]
+        batch.failed = counts["failed"] - retryable
+        active = counts["pending"] + counts["running"] + retryable
+        if not active and not batch.finished:
+            self.score_missing(batch)
+            batch.status = (states.CANCELLED if batch.cancel_requested else states.COMPLETED)
+            batch.finished_at = time.time()
+            self.batches.save(batch, batch.event(
+                f"batch.{batch.status}", completed=batch.completed, failed=batch.failed,
+                cancelled=batch.cancelled))
+        else:
+            self.batches.save(batch)
+        return batch
+
+    def cancel_requested(self, batch: Batch) -> bool:
+        fresh = self.batches.get(batch.id)
+        batch.cancel_requested = fresh.cancel_requested
+        return fresh.cancel_requested
+
+    def cancel_rest(self, batch: Batch) -> int:
+        """Cancel every cell not yet finished: waiting ones at once, running ones at their
+        next node boundary."""
+        waiting, n = [], 0
+        for cell in self.batches.cells(batch.id):
+            if cell["status"] in ("pending", "failed", "paused"):
+                ex = self.bench.store.execution(cell["id"])
+                ex.apply("stop")
+                waiting.append(Change(ex.id, [ex.event("execution.cancelled",
+                                                       reason="batch cancelled")],
+                                      {"status": "cancelled", "lease_owner": None,
+                                       "control": None}, fence_version=ex.version))
+            elif cell["status"] == "running":
+                self.bench.stop(cell["id"])
+                n += 1
+        self.bench.store.commit_many(waiting)
+        return len(waiting) + n
+
+    def progress(self, batch_id: str) -> dict[str, Any]:
+        """The batch and, per variant combination, how many cells are in each state."""
+        batch = self.batches.get(batch_id)
+        max_attempts = self.spec(batch).max_attempts
+        combos: dict[str, dict[str, int]] = {}
+        for cell in self.batches.cells(batch_id):
+            status = cell["status"]
+            if status == "failed" and cell["attempts"] < max_attempts and not batch.finished:
+                status = "retrying"
+            counts = combos.setdefault(cell["combo"], {})
+            counts[status] = counts.get(status, 0) + 1
+        return {"batch": batch.to_dict(), "combinations": combos}
+
+    # -- results ----------------------------------------------------------------------
+
+    def cell_results(self, batch_id: str) -> list[CellResult]:
+        return [CellResult(r["combo"], r["case_id"], r["repeat"], r["status"], r["passed"],
+                           r["latency_ms"], r["metrics"])
+                for r in self.batches.results(batch_id)]
+
+    def leaderboard(self, batch_id: str) -> list[Row]:
+        return leaderboard(self.cell_results(batch_id))
+

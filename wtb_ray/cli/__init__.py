@@ -1,0 +1,23 @@
+"""The ``wtb`` command. Thin: parse, call the library, print.
+
+Exit codes: 0 done (completed, paused, ...); 1 the execution failed; 2 bad input or a refused
+action (one line on stderr naming the problem; nothing is written); 130 interrupted.
+Each topic registers its subcommands on the shared app in a module of its own.
+"""
+
+from wtb_ray.cli import (  # noqa: F401 - registers the subcommands
+    batch,
+    db,
+    demo,
+    executions,
+    files,
+    gc,
+    integrity,
+    outbox,
+    serving,
+)
+from wtb_ray.cli.common import app
+
+
+def main() -> None:
+    app(prog_name="wtb")

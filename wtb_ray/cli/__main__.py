@@ -1,0 +1,3 @@
+from wtb_ray.cli import main
+
+main()

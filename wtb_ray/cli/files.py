@@ -1,0 +1,74 @@
+"""`wtb files` (a checkpoint's workspace tree) and `wtb diff` (two checkpoints compared)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from wtb_ray.cli.common import DbOpt, JsonOpt, app, guarded, open_bench, out
+
+
+@app.command()
+@guarded
+def files(execution_id: str,
+          at: Annotated[int | None, typer.Option("--at", metavar="CHECKPOINT_ID",
+                                                    help="Default: the execution's head.")] = None,
+          json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """The workspace files recorded at a checkpoint."""
+    with open_bench(db) as bench:
+        ex = bench.get(execution_id)
+        checkpoint = ex.head_checkpoint_id if at is None else at
+        items = bench.files(ex.id, checkpoint)
+        if json_out:
+            print(json.dumps({"execution_id": ex.id, "checkpoint_id": checkpoint,
+                              "workspace": ex.workspace["path"], "files": items}))
+            return
+        table = Table("path", "type", "size", "mode", "content", box=None, pad_edge=False,
+                      title=f"{ex.workspace['path']} at checkpoint {checkpoint}",
+                      title_justify="left")
+        for f in items:
+            detail = f.get("target") or (f.get("hash") or "")[:12]
+            table.add_row(f["path"] + ("/" if f["type"] == "dir" else ""), f["type"],
+                          str(f.get("size", "")), f.get("mode", ""), detail)
+        out.print(table, markup=False, highlight=False)
+
+
+def _print_diff(result: dict[str, Any]) -> None:
+    state, changes = result["state"], result["files"]
+    out.print(f"checkpoint {result['a']} -> {result['b']}", highlight=False)
+    if not any(state.values()) and not any(changes.values()):
+        out.print("no differences", highlight=False)
+    for key, value in state["added"].items():
+        out.print(f"+ state {key} = {json.dumps(value)[:200]}", markup=False, highlight=False)
+    for key, value in state["removed"].items():
+        out.print(f"- state {key} = {json.dumps(value)[:200]}", markup=False, highlight=False)
+    for key, change in state["changed"].items():
+        out.print(f"~ state {key}", markup=False, highlight=False)
+        out.print(change["diff"] or f"  {json.dumps(change['a'])[:200]}\n"
+                                    f"  -> {json.dumps(change['b'])[:200]}",
+                  markup=False, highlight=False, end="" if change["diff"] else "\n")
+    for item in changes["added"]:
+        out.print(f"+ file {item['path']}", markup=False, highlight=False)
+    for item in changes["removed"]:
+        out.print(f"- file {item['path']}", markup=False, highlight=False)
+    for item in changes["changed"]:
+        out.print(f"~ file {item['path']}", markup=False, highlight=False)
+        if item["diff"]:
+            out.print(item["diff"], markup=False, highlight=False, end="")
+
+
+@app.command()
+@guarded
+def diff(checkpoint_a: Annotated[str, typer.Argument(metavar="CHECKPOINT_A")],
+         checkpoint_b: Annotated[str, typer.Argument(metavar="CHECKPOINT_B")],
+         json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Which state keys and workspace files differ between two checkpoints."""
+    with open_bench(db) as bench:
+        result = bench.diff(checkpoint_a, checkpoint_b)
+        if json_out:
+            print(json.dumps(result))
+        else:
+            _print_diff(result)

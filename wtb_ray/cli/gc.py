@@ -1,0 +1,105 @@
+"""`wtb gc` (unreachable blobs, retention) and `wtb delete`."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, open_bench, out
+from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.engine.workspaces import remove_managed
+
+
+@contextmanager
+def _progress():
+    """A progress bar on stderr when it is a terminal; the callback the gc functions call."""
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def _parse_before(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise InvalidInput(f"--before expects an ISO date or datetime (2026-01-31, "
+                           f"2026-01-31T12:00), got {text!r}") from None
+
+
+@app.command()
+@guarded
+def gc(grace: Annotated[float | None, typer.Option(
+           "--grace", metavar="SECONDS",
+           help="Keep unreachable blobs younger than this (default WTB_GC_GRACE_SECONDS).")
+       ] = None,
+       keep_last: Annotated[int | None, typer.Option(
+           "--keep-last", metavar="N",
+           help="Delete finished executions beyond the newest N of each workflow.")] = None,
+       before: Annotated[str | None, typer.Option(
+           "--before", metavar="DATE",
+           help="Delete finished executions that finished before DATE (with --keep-last: "
+                "both must hold).")] = None,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, delete nothing.")
+                          ] = False,
+       json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Delete blobs no checkpoint reaches; optionally drop old executions first.
+
+    Executions a remaining fork depends on are always kept.
+    """
+    from wtb_ray.storage import gc as collector
+
+    if keep_last is not None and keep_last < 0:
+        raise InvalidInput(f"--keep-last must be >= 0, got {keep_last}")
+    if grace is not None and grace < 0:
+        raise InvalidInput(f"--grace must be >= 0 seconds, got {grace:g}")
+    finished_before = _parse_before(before)
+    with open_bench(db) as bench, _progress() as progress:
+        grace_s = bench.settings.gc_grace_seconds if grace is None else grace
+        doomed, kept = collector.expired(bench.store, keep_last=keep_last,
+                                         finished_before=finished_before)
+        if not dry_run:
+            collector.delete_executions(bench.store, doomed, progress)
+            for ex_id in doomed:  # the rows are gone; the directory WTB made for it too
+                remove_managed(bench.settings, ex_id)
+        report = collector.collect(bench.store, grace_s, dry_run=dry_run, progress=progress)
+    result = {"executions_deleted": doomed, "executions_kept_for_forks": kept,
+              "grace_seconds": grace_s, **report.to_dict()}
+    if json_out:
+        print(json.dumps(result))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {len(doomed)} execution(s)"
+              + (f"; kept {len(kept)} that forks depend on" if kept else ""), highlight=False)
+    out.print(f"{verb} {report.deleted} of {report.blobs} blobs ({report.bytes_freed:,} bytes); "
+              f"{report.reachable} reachable, {report.kept_in_grace} unreachable but younger "
+              f"than {grace_s:g} s", highlight=False)
+    if report.missing:
+        err.print(f"warning: {report.missing} referenced workspace tree(s) are missing from "
+                  "the store", highlight=False)
+
+
+@app.command()
+@guarded
+def delete(execution_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Delete an execution and its history; `wtb gc` then frees the blobs only it used."""
+    with open_bench(db) as bench:
+        bench.delete(execution_id)
+    if json_out:
+        print(json.dumps({"deleted": execution_id}))
+    else:
+        out.print(f"execution {execution_id} deleted (run `wtb gc` to free its stored data)",
+                  highlight=False)

@@ -1,0 +1,43 @@
+"""`wtb serve`: the HTTP API on a local Ray instance (or a cluster)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from wtb_ray.cli.common import DbOpt, app, err, guarded
+from wtb_ray.config import Settings
+
+
+@app.command("serve")
+@guarded
+def serve_api(host: Annotated[str | None, typer.Option(help="Default WTB_API_HOST.")] = None,
+              port: Annotated[int | None, typer.Option(help="Default WTB_API_PORT.")] = None,
+              address: Annotated[str | None, typer.Option(
+                  help="Ray cluster (auto or HOST:PORT); default: start a local instance.")
+              ] = None,
+              db: DbOpt = None) -> None:
+    """Serve the HTTP API (Ray Serve) until interrupted."""
+    from serve.auth import resolve_token, token_path
+
+    updates = {k: v for k, v in (("api_host", host), ("api_port", port)) if v is not None}
+    settings = Settings().with_database(db).model_copy(update=updates)
+    resolve_token(settings)  # refuses a non-loopback host without a token, before anything
+    from actors import client
+    from serve.deploy import deploy
+
+    client.connect(address)
+    deploy(settings)
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    where = ("WTB_API_TOKEN" if settings.api_token is not None else str(token_path(settings)))
+    err.print(f"WTB API at {url} (docs: {url}/docs); bearer token in {where}",
+              highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()

@@ -1,0 +1,1 @@
+"""Domain model: workflow graphs, executions, checkpoints, events and errors. No I/O here."""

@@ -1,0 +1,125 @@
+"""One error base and a few subclasses.
+
+Each error's ``args`` are exactly its constructor arguments and the message is derived from
+them, so errors pickle cleanly: they cross Ray process boundaries and must arrive intact.
+"""
+
+from __future__ import annotations
+
+
+class WTBError(Exception):
+    """Base of every error WTB raises on purpose."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class InvalidInput(WTBError):
+    """The caller gave something WTB cannot use: a malformed patch, an unknown node, ..."""
+
+
+class GraphError(InvalidInput):
+    """A workflow definition is inconsistent (unknown edge target, unreachable node, ...)."""
+
+
+class RoutingError(WTBError):
+    """A router returned a value that is not one of its declared targets."""
+
+
+class NodeTimeout(WTBError):
+    """A node ran longer than its timeout."""
+
+
+class StorageError(WTBError):
+    """The database is unreachable or not at the schema this code needs."""
+
+
+class ConcurrencyConflict(WTBError):
+    """Another process changed or holds the execution (lost lease, concurrent update)."""
+
+
+class NotFound(WTBError):
+    """An execution, checkpoint or workflow does not exist."""
+
+    def __init__(self, what: str, ident: object) -> None:
+        super().__init__(what, ident)
+        self.what = what
+        self.ident = ident
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.ident!r} not found"
+
+
+class InvalidTransition(WTBError):
+    """The execution's state forbids the requested action (resume a completed run, ...)."""
+
+    def __init__(self, execution_id: str, status: str, action: str, hint: str = "") -> None:
+        super().__init__(execution_id, status, action, hint)
+        self.execution_id = execution_id
+        self.status = status
+        self.action = action
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"cannot {self.action} execution {self.execution_id}: it is {self.status}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class SerializationError(InvalidInput):
+    """A state value cannot be stored safely; names the node and the state key."""
+
+    def __init__(self, node: str, key: str, reason: str) -> None:
+        super().__init__(node, key, reason)
+        self.node = node
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (f"node {self.node!r} produced state key {self.key!r} that cannot be stored: "
+                f"{self.reason}")
+
+
+class NodeFailed(WTBError):
+    """A node raised (after its retries); the execution stays resumable from its last checkpoint."""
+
+    def __init__(self, node: str, error_type: str, error_message: str, attempts: int = 1) -> None:
+        super().__init__(node, error_type, error_message, attempts)
+        self.node = node
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return (f"node {self.node!r} failed after {self.attempts} attempt(s): "
+                f"{self.error_type}: {self.error_message}")
+
+
+class WorkspaceError(WTBError):
+    """A workspace file cannot be recorded or restored; names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"workspace file {self.path!r}: {self.reason}"
+
+
+class CompensationFailed(WTBError):
+    """An undo action raised during a rollback; the rollback stopped and can be run again."""
+
+    def __init__(self, execution_id: str, fn: str, node: str, step: int, error_type: str,
+                 error_message: str) -> None:
+        super().__init__(execution_id, fn, node, step, error_type, error_message)
+        self.execution_id = execution_id
+        self.fn = fn
+        self.node = node
+        self.step = step
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return (f"rollback of execution {self.execution_id} stopped: compensation {self.fn} "
+                f"registered by node {self.node!r} (step {self.step}) raised "
+                f"{self.error_type}: {self.error_message}; fix it and run the rollback again")

@@ -1,0 +1,1 @@
+"""Runs executions node by node; pause, resume, rollback, fork; variants."""

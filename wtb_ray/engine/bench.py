@@ -1,0 +1,386 @@
+"""The test bench: run, pause, resume, stop, roll back and fork executions.
+
+Every operation validates its input before writing anything, then makes one fenced commit, so
+any process sharing the database can control an execution another process started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from wtb_ray.config import Settings
+from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition
+from wtb_ray.domain.events import Event, EventBus
+from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
+from wtb_ray.domain.graph import Workflow
+from wtb_ray.engine import checkpoints, compensation, diff, forking, workspaces
+from wtb_ray.engine.calls import NodeCaller
+from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
+from wtb_ray.engine.loader import load_workflow, ref_of
+from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
+from wtb_ray.engine.state import TrackedState, as_state
+from wtb_ray.storage import compensation_sql, gc
+from wtb_ray.storage.rows import dumps
+from wtb_ray.storage.store import Change, Committed, Store
+
+WorkflowLike = Workflow | str
+
+
+class Bench:
+    """Entry point of the core library. ``Bench.open()`` uses Settings (``WTB_*``)."""
+
+    def __init__(self, store: Store, *, lease_seconds: float = 30.0,
+                 bus: EventBus | None = None, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.bus = bus or EventBus()
+        self.lease_seconds = lease_seconds
+        self.owner = new_owner()
+        self._caller = NodeCaller()
+        self._keeper = LeaseKeeper(store, self.owner, lease_seconds)
+        self._runner = Runner(store, self.bus, self._caller, self._keeper, lease_seconds)
+        self._seen: dict[tuple[str, str], Workflow] = {}
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, *, database_url: str | None = None) -> Bench:
+        settings = (settings or Settings()).with_database(database_url)
+        store = Store.open(settings.url, auto_migrate=settings.auto_migrate,
+                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+                           pool_size=settings.db_pool_size)
+        store.reconnect_seconds = settings.reconnect_seconds
+        return cls(store, lease_seconds=settings.lease_seconds, settings=settings)
+
+    def close(self) -> None:
+        self._keeper.close()
+        self._caller.close()
+        self.store.close()
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- starting -----------------------------------------------------------------------
+
+    def create(self, workflow: WorkflowLike, input: Mapping[str, Any] | None = None, *,
+               variants: Mapping[str, str] | None = None, break_before: Iterable[str] = (),
+               break_after: Iterable[str] = (), labels: Mapping[str, Any] | None = None,
+               batch_id: str | None = None, execution_id: str | None = None,
+               workspace: workspaces.WorkspaceSpec = None, workspace_ignore: Iterable[str] = (),
+               _running: bool = False) -> Execution:
+        """Persist a new execution (pending) with its start checkpoint; runs nothing.
+
+        ``workspace`` (True, or a directory path) tracks a directory of files with the
+        execution: what it holds now is recorded with the start checkpoint.
+        """
+        wf = self._workflow(workflow)
+        ex, change, state, ws = self.prepare(
+            wf, input, variants=variants, break_before=break_before, break_after=break_after,
+            labels=labels, batch_id=batch_id, execution_id=execution_id, running=_running,
+            workspace=workspace, workspace_ignore=workspace_ignore)
+        committed = self.store.commit(change)
+        self.created(ex, committed)
+        if _running:
+            return self._runner.drive(ex, wf, state, Cursor(committed.checkpoint_id, wf.entry),
+                                      workspace=ws)
+        return ex
+
+    def prepare(self, wf: Workflow, input: Mapping[str, Any] | None, *,
+                variants: Mapping[str, str] | None = None, break_before: Iterable[str] = (),
+                break_after: Iterable[str] = (), labels: Mapping[str, Any] | None = None,
+                batch_id: str | None = None, execution_id: str | None = None,
+                running: bool = False, workspace: workspaces.WorkspaceSpec = None,
+                workspace_ignore: Iterable[str] = ()
+                ) -> tuple[Execution, Change, TrackedState, workspaces.Workspace | None]:
+        """A new execution, the change that persists it (validated, not yet committed), its
+        state, and its workspace if it has one (already recorded in the start checkpoint)."""
+        ex = Execution(
+            workflow_name=wf.name, workflow_ref=ref_of(wf), workflow_version=wf.version,
+            variants=wf.check_choice(dict(variants or {})),
+            break_before=wf.check_nodes(break_before, "--break-before"),
+            break_after=wf.check_nodes(break_after, "--break-after"),
+            labels=dict(labels or {}), batch_id=batch_id)
+        if execution_id:
+            ex.id = execution_id
+        ignore = [*self.settings.workspace_ignore, *workspace_ignore]
+        ex.workspace = workspaces.config(self.settings, ex.id, workspace, ignore)
+        if ex.workspace is None and list(workspace_ignore):
+            raise InvalidInput("workspace ignore patterns need a workspace")
+        state = TrackedState.empty()
+        write = state.checkpoint(as_state(input, "input"), node="input", parent_id=None,
+                                 step=0, kind="start", next_node=wf.entry)
+        ws = workspaces.open_for(self.store, self.settings, ex)
+        if ws is not None:
+            write.workspace_tree = ws.snapshot()
+        events = [ex.event("execution.created", workflow=wf.name, variants=ex.variants)]
+        if running:
+            self.take_lease(ex)
+            ex.apply("start")
+            events.append(ex.event("execution.started"))
+        return ex, Change(ex.id, events, checkpoint=write, new_execution=ex), state, ws
+
+    def created(self, ex: Execution, committed: Committed) -> None:
+        ex.head_checkpoint_id, ex.version = committed.checkpoint_id, committed.version
+        self.bus.publish(committed.events)
+
+    def run(self, workflow: WorkflowLike, input: Mapping[str, Any] | None = None,
+            **options: Any) -> Execution:
+        """Create an execution and run it here until it completes, pauses or fails."""
+        return self.create(workflow, input, _running=True, **options)
+
+    def start(self, execution_id: str, *, workflow: WorkflowLike | None = None) -> Execution:
+        """Run a pending execution here (a batch creates them first, runs them later)."""
+        ex = self.store.execution(execution_id)
+        ex.check("start")
+        return self._claim_and_drive(ex, "start", workflow,
+                                     events=[ex.event("execution.started")])
+
+    # -- control ------------------------------------------------------------------------
+
+    def resume(self, execution_id: str, *, patch: Mapping[str, Any] | None = None,
+               variants: Mapping[str, str] | None = None,
+               workflow: WorkflowLike | None = None) -> Execution:
+        """Continue a paused or failed run (or one whose runner died) from its head,
+        optionally patching state (a checkpoint of its own) and switching variants."""
+        ex = self.store.execution(execution_id)
+        if ex.status is Status.RUNNING and lease_is_dead(ex) and not self._keeper.holds(ex.id):
+            action = "recover"
+        else:
+            if ex.status is Status.RUNNING:
+                raise InvalidTransition(ex.id, ex.status.value, "resume",
+                                        f"it is running in {ex.lease_owner}")
+            ex.check("resume")
+            action = "resume"
+        wf = self._workflow(workflow, ex)
+        data: dict[str, Any] = {"previous_owner": ex.lease_owner} if action == "recover" else {}
+        if variants:
+            ex.variants = {**ex.variants, **wf.check_choice(dict(variants))}
+            for node, name in variants.items():
+                if name == "default":
+                    ex.variants.pop(node, None)
+            data["variants"] = dict(variants)
+        patch = as_state(patch, "--patch") if patch is not None else None
+        if patch:
+            data["patched_keys"] = sorted(patch)
+        kind = "execution.recovered" if action == "recover" else "execution.resumed"
+        return self._claim_and_drive(ex, action, wf, patch=patch,
+                                     events=[ex.event(kind, **data)])
+
+    def pause(self, execution_id: str) -> Execution:
+        """Pause now if nothing runs it; otherwise ask its runner to pause at the next boundary."""
+        return self._control(execution_id, "pause", "execution.paused")
+
+    def stop(self, execution_id: str) -> Execution:
+        """Cancel for good (fork it to continue); a running one stops at the next boundary."""
+        return self._control(execution_id, "stop", "execution.cancelled")
+
+    def rollback(self, execution_id: str, to: int | str) -> Execution:
+        """Move the head back to a checkpoint (id, or the point before a node last ran) and
+        leave the run paused there. Nothing is deleted: the abandoned branch stays listed.
+
+        The undo actions of the node runs undone run first, newest first, exactly once each
+        (see engine.compensation); the workspace is then restored to the target's files.
+        One that raises stops the rollback (CompensationFailed); run it again to finish.
+        """
+        ex = self.store.execution(execution_id)
+        if (ex.status is Status.ROLLING_BACK and not lease_is_dead(ex)
+                and ex.lease_owner != self.owner):
+            raise InvalidTransition(ex.id, ex.status.value, "rollback",
+                                    f"a rollback is running in {ex.lease_owner}")
+        ex.check("rollback")
+        target = self._rollback_target(ex, to)
+        todo = compensation.plan(self.store, ex, target)
+        with self._keeper.hold([ex.id]):
+            if todo or ex.status is Status.ROLLING_BACK:
+                compensation.undo(self.store, self.bus, ex, target, todo, self.owner,
+                                  self.lease_seconds)
+            ws = workspaces.open_for(self.store, self.settings, ex)
+            if ws is not None:
+                ws.restore(target.workspace_tree)
+        from_id = ex.head_checkpoint_id
+        ex.apply("rollback")
+        committed = self.store.commit(Change(ex.id, [ex.event(
+            "execution.rolled_back", target.next_node, target.id, from_checkpoint_id=from_id,
+            to_checkpoint_id=target.id)],
+            {"status": ex.status.value, "head_checkpoint_id": target.id, "step": target.step,
+             "error": None, **RELEASE}, fence_version=ex.version))
+        ex.head_checkpoint_id, ex.step, ex.error = target.id, target.step, None
+        ex.version = committed.version
+        self.bus.publish(committed.events)
+        return ex
+
+    def fork(self, execution_id: str, at: int | None = None, *,
+             patch: Mapping[str, Any] | None = None, variants: Mapping[str, str] | None = None,
+             run: bool = True, workflow: WorkflowLike | None = None,
+             labels: Mapping[str, Any] | None = None,
+             workspace: workspaces.WorkspaceSpec = None) -> Execution:
+        """Start a new execution from any checkpoint of this one (default: its head).
+
+        The fork shares stored values with its origin but nothing else: neither can change the
+        other. With ``run=False`` it is left paused at its first checkpoint.
+        """
+        return forking.fork(self, execution_id, at, patch=patch, variants=variants, run=run,
+                            workflow=workflow, labels=labels, workspace=workspace)
+
+    def delete(self, execution_id: str) -> None:
+        """Delete an execution and its history (not while it runs, nor while a fork of it
+        exists); its blobs go at the next ``wtb gc``, its WTB-made workspace directory now."""
+        ex = self.store.execution(execution_id)
+        if ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex):
+            raise InvalidTransition(ex.id, ex.status.value, "delete",
+                                    f"it is held by {ex.lease_owner}; stop it first")
+        forks = gc.forks_of(self.store, ex.id)
+        if forks:
+            raise InvalidInput(f"execution {ex.id} has forks that depend on its checkpoints "
+                               f"({', '.join(forks)}): delete them first")
+        gc.delete_executions(self.store, [ex.id])
+        workspaces.remove_managed(self.settings, ex.id)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def get(self, execution_id: str) -> Execution:
+        return self.store.execution(execution_id)
+
+    def state(self, execution_id: str, checkpoint_id: int | None = None) -> dict[str, Any]:
+        """The state at a checkpoint of the execution (default: its head)."""
+        ex = self.store.execution(execution_id)
+        target = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
+        self._own_checkpoint(ex, target)
+        return self.store.state_at(target)[0]
+
+    def checkpoints(self, execution_id: str) -> list[Checkpoint]:
+        self.store.execution(execution_id)
+        return self.store.checkpoints(execution_id)
+
+    def files(self, execution_id: str, checkpoint_id: int | None = None) -> list[dict[str, Any]]:
+        """The workspace files at a checkpoint of the execution (default: its head)."""
+        ex = self.store.execution(execution_id)
+        if not ex.workspace:
+            raise InvalidInput(f"execution {ex.id} has no workspace")
+        target = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
+        return diff.files(self.store, self._own_checkpoint(ex, target))
+
+    def diff(self, checkpoint_a: int, checkpoint_b: int) -> dict[str, Any]:
+        """State keys and workspace files that differ between two checkpoints (of any
+        executions: a fork and its origin compare too)."""
+        a, b = (self.store.checkpoint(checkpoints.checkpoint_id(c))
+                for c in (checkpoint_a, checkpoint_b))
+        return diff.diff(self.store, a, b)
+
+    def compensations(self, execution_id: str) -> list[dict[str, Any]]:
+        """The undo actions the execution's nodes registered, oldest first, with status."""
+        self.store.execution(execution_id)
+        return self.store.run(compensation_sql.of_execution, execution_id)
+
+    def boundaries(self, execution_id: str) -> list[NodeBoundary]:
+        self.store.execution(execution_id)
+        return self.store.boundaries(execution_id)
+
+    def history(self, execution_id: str) -> list[Event]:
+        self.store.execution(execution_id)
+        return self.store.history(execution_id)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def workflow_for(self, ex: Execution, workflow: WorkflowLike | None = None) -> Workflow:
+        return self._workflow(workflow, ex)
+
+    @property
+    def runner(self) -> Runner:
+        return self._runner
+
+    def _workflow(self, workflow: WorkflowLike | None, ex: Execution | None = None) -> Workflow:
+        """The workflow object: given, seen earlier by this bench, or imported by reference."""
+        if isinstance(workflow, Workflow):
+            self._seen[(workflow.name, workflow.version)] = workflow
+            return workflow
+        if workflow is None and ex is not None:
+            seen = self._seen.get((ex.workflow_name, ex.workflow_version))
+            if seen is not None:
+                return seen
+        ref = workflow or (ex.workflow_ref if ex else None)
+        if not ref:
+            raise InvalidInput(f"execution {ex.id if ex else '?'} was started from a workflow "
+                               "object with no import reference; pass workflow= explicitly")
+        return self._workflow(load_workflow(ref))
+
+    def take_lease(self, ex: Execution) -> None:
+        ex.lease_owner = self.owner
+        ex.lease_expires_at = time.time() + self.lease_seconds
+
+    def _claim_and_drive(self, ex: Execution, action: str, workflow: WorkflowLike | None,
+                         events: list[Event], patch: Mapping[str, Any] | None = None) -> Execution:
+        wf = self._workflow(workflow, ex)
+        change, to_run = self.claim_change(ex, action, wf, events, patch)
+        run = to_run(self.store.commit(change))
+        return self._runner.drive(ex, wf, run.state, run.cursor, resumed=run.skip_break,
+                                  workspace=run.workspace)
+
+    def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
+                     patch: Mapping[str, Any] | None = None, deadline: float | None = None
+                     ) -> tuple[Change, Callable[[Committed], Run]]:
+        """The change that makes this process the runner of ``ex`` (start, resume or
+        recover), and what turns the committed change into a Run ready to drive."""
+        head = self.store.checkpoint(ex.head_checkpoint_id)
+        values, manifest, since_full = self.store.state_at(head.id)
+        state = TrackedState(values, manifest, since_full)
+        write = None
+        if patch:
+            write = state.checkpoint(patch, node="patch", parent_id=head.id, step=ex.step,
+                                     kind="patch", next_node=head.next_node)
+            write.workspace_tree = head.workspace_tree
+        ws = workspaces.open_for(self.store, self.settings, ex)
+        ex.apply(action)
+        self.take_lease(ex)
+        change = Change(ex.id, events, {
+            "status": ex.status.value, "variants": dumps(ex.variants), "error": None,
+            "control": None, "lease_owner": ex.lease_owner,
+            "lease_expires_at": ex.lease_expires_at, "attempts": ex.attempts + 1,
+        }, fence_version=ex.version, checkpoint=write)
+
+        def to_run(committed: Committed) -> Run:
+            ex.version, ex.error, ex.control = committed.version, None, None
+            ex.attempts += 1
+            if write is not None:
+                ex.head_checkpoint_id = committed.checkpoint_id
+            self.bus.publish(committed.events)
+            if ws is not None:
+                # A run continues from its head's files, whatever a crashed or failed node
+                # left; only now that the lease is ours may they be touched.
+                ws.restore(head.workspace_tree)
+            return Run(ex, wf, state, Cursor(ex.head_checkpoint_id, head.next_node),
+                       skip_break=action != "start", deadline=deadline, workspace=ws)
+
+        return change, to_run
+
+    def _control(self, execution_id: str, action: str, kind: str) -> Execution:
+        ex = self.store.execution(execution_id)
+        live = ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex)
+        if live or self._keeper.holds(ex.id):
+            ex.check_request(action)
+            event = ex.event("control.requested", action=action)
+            if not self.store.request_control(ex.id, action, REQUESTABLE[action], event):
+                return self._control(execution_id, action, kind)  # it moved on; decide again
+            ex.control = action
+            return ex
+        ex.apply(action)
+        committed = self.store.commit(Change(ex.id, [ex.event(
+            kind, None, ex.head_checkpoint_id, reason=f"{action} requested")],
+            {"status": ex.status.value, **RELEASE}, fence_version=ex.version))
+        ex.version, ex.lease_owner, ex.control = committed.version, None, None
+        self.bus.publish(committed.events)
+        return ex
+
+    def _own_checkpoint(self, ex: Execution, checkpoint_id: int | None) -> Checkpoint:
+        return checkpoints.own_checkpoint(self.store, ex, checkpoint_id)
+
+    def _rollback_target(self, ex: Execution, to: int | str) -> Checkpoint:
+        try:
+            nodes = list(self._workflow(None, ex).nodes)
+        except InvalidInput:  # not importable here: we cannot tell a typo from a real node
+            nodes = None
+        return checkpoints.rollback_target(self.store, ex, to, nodes)

@@ -1,0 +1,65 @@
+"""Forks: a new execution that starts from any checkpoint of another one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from wtb_ray.domain.execution import Execution, Status
+from wtb_ray.engine import checkpoints, workspaces
+from wtb_ray.engine.runner import Cursor
+from wtb_ray.engine.state import TrackedState, as_state
+from wtb_ray.storage.store import Change
+
+if TYPE_CHECKING:
+    from wtb_ray.engine.bench import Bench, WorkflowLike
+
+
+def fork(bench: Bench, execution_id: str, at: int | None = None, *,
+         patch: Mapping[str, Any] | None = None, variants: Mapping[str, str] | None = None,
+         run: bool = True, workflow: WorkflowLike | None = None,
+         labels: Mapping[str, Any] | None = None,
+         workspace: workspaces.WorkspaceSpec = None) -> Execution:
+    """See Bench.fork."""
+    origin = bench.store.execution(execution_id)
+    at = origin.head_checkpoint_id if at is None else at
+    source = checkpoints.own_checkpoint(bench.store, origin, at)
+    wf = bench.workflow_for(origin, workflow)
+    choice = {**origin.variants, **wf.check_choice(dict(variants or {}))}
+    choice = {n: v for n, v in choice.items() if (variants or {}).get(n) != "default"}
+    patch = as_state(patch, "--patch") if patch is not None else {}
+    values, manifest, _ = bench.store.state_at(source.id)
+    state = TrackedState(values, manifest, 0)
+    write = state.checkpoint(patch, node="patch", parent_id=source.id, step=source.step,
+                             kind="fork", next_node=source.next_node, full=True)
+    ex = Execution(workflow_name=origin.workflow_name, workflow_ref=origin.workflow_ref,
+                   workflow_version=wf.version, variants=choice, step=source.step,
+                   parent_execution_id=origin.id, forked_from_checkpoint_id=source.id,
+                   labels={**origin.labels, **(labels or {})}, batch_id=None)
+    # The fork gets a directory of its own holding the files of the checkpoint it starts at.
+    spec = workspace if workspace is not None else (True if origin.workspace else None)
+    ignore = (origin.workspace or {}).get("ignore") or bench.settings.workspace_ignore
+    ex.workspace = workspaces.config(bench.settings, ex.id, spec, ignore)
+    ws = workspaces.open_for(bench.store, bench.settings, ex)
+    if ws is not None:
+        workspaces.require_empty(str(ws.path))
+        # Files the origin's directory still holds unchanged are copied from it.
+        local = [origin.workspace["path"]] if origin.workspace else None
+        ws.restore(source.workspace_tree, sources=local)
+        write.workspace_tree = ws.snapshot() if source.workspace_tree is None else (
+            source.workspace_tree)
+    events = [ex.event("execution.forked", from_execution_id=origin.id,
+                       from_checkpoint_id=source.id, patched_keys=sorted(patch),
+                       variants=dict(variants or {}))]
+    if run:
+        bench.take_lease(ex)
+        ex.status = Status.RUNNING
+        events.append(ex.event("execution.started"))
+    else:
+        ex.status = Status.PAUSED
+    committed = bench.store.commit(Change(ex.id, events, checkpoint=write, new_execution=ex))
+    bench.created(ex, committed)
+    if not run:
+        return ex
+    return bench.runner.drive(ex, wf, state, Cursor(committed.checkpoint_id, source.next_node),
+                              workspace=ws)

@@ -1,0 +1,59 @@
+"""Where an execution's workspace lives and how a process opens it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wtb_ray.config import Settings
+from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.domain.execution import Execution
+from wtb_ray.workspace import IgnoreRules, Workspace
+from wtb_ray.workspace.ignore import RESERVED
+
+WorkspaceSpec = bool | str | Path | None
+
+
+def managed_dir(settings: Settings, execution_id: str) -> Path:
+    return settings.home.expanduser() / "workspaces" / execution_id
+
+
+def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,
+           patterns: Iterable[str]) -> dict[str, Any] | None:
+    """The workspace an execution records: {"path", "ignore"}; validated, nothing created.
+    ``spec``: True for a directory under WTB_HOME/workspaces/<execution id>, or a path."""
+    patterns = list(patterns)
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        path = managed_dir(settings, execution_id)
+    elif isinstance(spec, (str, Path)) and str(spec):
+        path = Path(spec).expanduser().resolve()
+    else:
+        raise InvalidInput(f"workspace must be True or a directory path, got {spec!r}")
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"workspace {str(path)!r} exists and is not a directory")
+    return {"path": str(path), "ignore": IgnoreRules(patterns).patterns}
+
+
+def require_empty(path: str) -> None:
+    """A fork restores into a directory of its own: refuse one that already holds files."""
+    p = Path(path)
+    if p.is_dir() and any(child.name != RESERVED for child in p.iterdir()):
+        raise InvalidInput(f"workspace {path!r} for the fork is not empty; give a new "
+                           "directory (or none: one is made under WTB_HOME/workspaces)")
+
+
+def open_for(store: Any, settings: Settings, ex: Execution) -> Workspace | None:
+    if not ex.workspace:
+        return None
+    return Workspace(ex.workspace["path"], store, ex.workspace.get("ignore") or [],
+                     settings.workspace_max_file_bytes)
+
+
+def remove_managed(settings: Settings, execution_id: str) -> None:
+    """Remove a deleted execution's workspace if WTB made it (under WTB_HOME/workspaces);
+    a directory the user named is theirs to keep."""
+    shutil.rmtree(managed_dir(settings, execution_id), ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The integrity checker: find inconsistencies between the tables, and repair them."""

@@ -1,0 +1,1 @@
+"""The outbox relay and its consumers (webhooks, the event feed, metrics)."""

@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations, the store (checkpoints, boundaries, audit, outbox)."""

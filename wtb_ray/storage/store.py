@@ -1,0 +1,400 @@
+"""The store: one interface over SQLite and PostgreSQL for executions and their history.
+
+Every change to an execution goes through :meth:`Store.commit`, which writes, in one
+transaction: the new state blobs, the checkpoint, the node boundary, one audit entry and one
+outbox row per event, and the execution row itself. The execution update is *fenced*: it only
+applies if the writer still holds the lease (a runner) or saw the current version (an editor),
+so two processes can never both advance one execution.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import DBAPIError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
+from wtb_ray.domain.errors import ConcurrencyConflict, NotFound
+from wtb_ray.domain.events import Event
+from wtb_ray.domain.execution import Execution
+from wtb_ray.latency import Latency
+from wtb_ray.storage import change_sql, db, migrate, queries, rows
+from wtb_ray.storage.schema import audit_log, executions, outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointWrite:
+    parent_id: int | None
+    step: int
+    kind: str
+    node: str | None
+    next_node: str | None
+    is_full: bool
+    manifest: str  # JSON: key -> blob hash (a delta unless is_full)
+    # (hash, codec, size, payload) of values not stored before
+    blobs: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+    workspace_tree: str | None = None  # its blobs are uploaded before the commit
+
+
+@dataclass
+class Change:
+    """Everything one transaction writes about one execution."""
+
+    execution_id: str
+    events: list[Event]
+    values: dict[str, Any] = field(default_factory=dict)  # execution columns to set
+    fence_version: int | None = None  # apply only if the row is still at this version
+    fence_owner: str | None = None  # apply only if this owner holds the lease and it runs
+    checkpoint: CheckpointWrite | None = None
+    boundary: dict[str, Any] | None = None  # node_boundaries columns; exit checkpoint filled in
+    new_execution: Execution | None = None  # insert this row first
+    # undo actions registered by the node run: entry_checkpoint_id, node, step, seq, fn,
+    # args (JSON), key; they take the new checkpoint's id when there is one
+    compensations: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    checkpoint_id: int | None
+    version: int
+    control: str | None
+    events: list[Event]
+
+
+class _FenceFailed(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    """The hot connection dropped mid-transaction; the commit is retried on a new one."""
+
+
+def _with_checkpoint(events: list[Event], checkpoint_id: int | None) -> list[Event]:
+    if checkpoint_id is None:
+        return events
+    return [e.with_checkpoint(checkpoint_id) if e.checkpoint_id is None else e for e in events]
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, _Disconnected):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Store:
+    """Executions, checkpoints, blobs, boundaries, audit and outbox on one database."""
+
+    def __init__(self, engine: Engine, *, reconnect_seconds: float = 30.0) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.reconnect_seconds = reconnect_seconds
+        self._sql = change_sql.ChangeSQL(self.dialect)
+        # The boundary write path keeps one DBAPI connection for the store's lifetime.
+        self._hot: Any = None
+        self._hot_lock = threading.Lock()
+        self.write_latency = Latency()  # of commits, for the metrics endpoint
+
+    @classmethod
+    def open(cls, url: str, *, auto_migrate: bool | None = None, busy_timeout_ms: int = 30_000,
+             pool_size: int = 5) -> Store:
+        """Connect; migrate automatically on SQLite (or when asked), else require HEAD."""
+        engine = db.make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size)
+        auto = db.is_sqlite(url) if auto_migrate is None else auto_migrate
+        migrate.ensure_current(engine, auto=auto)
+        return cls(engine)
+
+    def close(self) -> None:
+        with self._hot_lock:
+            if self._hot is not None:
+                self._hot.close()
+                self._hot = None
+        self.engine.dispose()
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.info[db.WRITE_FLAG] = True
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _retrying(self) -> Retrying:
+        return Retrying(retry=retry_if_exception(_is_disconnect),
+                        stop=stop_after_delay(self.reconnect_seconds),
+                        wait=wait_exponential(multiplier=0.05, max=2.0), reraise=True)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def commit(self, change: Change) -> Committed:
+        """Write ``change`` atomically; raise ConcurrencyConflict if its fence fails."""
+        outcome = self.commit_many([change])[0]
+        if isinstance(outcome, ConcurrencyConflict):
+            raise outcome
+        return outcome
+
+    def commit_many(self, changes: list[Change]) -> list[Committed | ConcurrencyConflict]:
+        """Write several changes in one transaction (group commit).
+
+        A change whose fence fails is left out; its slot holds the ConcurrencyConflict. A
+        dropped connection (PgBouncer restart, failover) is retried; each change's first event
+        id is the idempotency key that tells whether an interrupted attempt had committed.
+        """
+        if any(not c.events for c in changes):
+            raise ValueError("a change must carry at least one event")
+        try:
+            return self._commit_batch(changes)  # the hot path: no retry machinery
+        except _Disconnected:
+            log.warning("database connection lost while committing %d change(s); retrying for "
+                        "up to %.0f s", len(changes), self.reconnect_seconds)
+        for attempt in self._retrying():
+            with attempt:
+                if self._committed_before(changes[0]) is None:
+                    return self._commit_batch(changes)
+                # The transaction landed; a change left out by its fence is tried again alone.
+                return [self._committed_before(c) or self._commit_batch([c])[0]
+                        for c in changes]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _committed_before(self, change: Change) -> Committed | None:
+        with self.read() as conn:
+            row = conn.execute(select(outbox.c.checkpoint_id)
+                               .where(outbox.c.event_id == change.events[0].id)).first()
+            if row is None:
+                return None
+            log.warning("commit for %s had landed before the connection dropped",
+                        change.execution_id)
+            ex = queries.execution(conn, change.execution_id)
+            return Committed(row[0], ex.version, ex.control,
+                             _with_checkpoint(change.events, row[0]))
+
+    def _commit_batch(self, changes: list[Change]) -> list[Committed | ConcurrencyConflict]:
+        started = time.perf_counter()
+        with self._hot_lock:
+            raw = self._hot_connection()
+            dbapi = raw.driver_connection
+            try:
+                if self.dialect == "postgresql":
+                    outcomes = self._commit_postgres(dbapi, changes)
+                else:
+                    outcomes = self._commit_sqlite(dbapi, changes)
+            except BaseException as exc:
+                if self.engine.dialect.is_disconnect(exc, dbapi, None):
+                    self._hot = None
+                    raw.invalidate(exc)
+                    raise _Disconnected(str(exc)) from exc
+                raise
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for _ in changes:  # each change waited for the whole transaction
+            self.write_latency.observe(elapsed_ms)
+        return [self._conflict(c) if o is None else o
+                for c, o in zip(changes, outcomes, strict=True)]
+
+    def _conflict(self, change: Change) -> ConcurrencyConflict:
+        current = self.execution(change.execution_id)
+        return ConcurrencyConflict(
+            f"execution {change.execution_id} changed under this process (now "
+            f"{current.status.value}, version {current.version}, lease "
+            f"{current.lease_owner or 'free'})")
+
+    def _hot_connection(self) -> Any:
+        if self._hot is None:
+            self._hot = self.engine.raw_connection()
+            if self.dialect == "postgresql":
+                # Transactions are spelled out in the statement text (BEGIN ... COMMIT).
+                self._hot.driver_connection.autocommit = True
+        return self._hot
+
+    def _commit_sqlite(self, dbapi: Any, changes: list[Change]) -> list[Committed | None]:
+        """None where a change's fence failed (its savepoint is rolled back, the rest stay)."""
+        now = time.time()
+        outcomes: list[Committed | None] = []
+        cur = dbapi.cursor()
+        dbapi.execute("BEGIN IMMEDIATE")
+        try:
+            for change in changes:
+                if len(changes) > 1:
+                    cur.execute("SAVEPOINT change")
+                try:
+                    outcomes.append(self._sqlite_change(cur, change, now))
+                except _FenceFailed:
+                    if len(changes) == 1:
+                        raise
+                    cur.execute("ROLLBACK TO change")
+                    outcomes.append(None)
+                if len(changes) > 1:
+                    cur.execute("RELEASE change")
+        except _FenceFailed:
+            dbapi.rollback()
+            return [None]
+        except BaseException:
+            dbapi.rollback()
+            raise
+        dbapi.commit()
+        return outcomes
+
+    def _sqlite_change(self, cur: Any, change: Change, now: float) -> Committed:
+        sql, ck = self._sql, change.checkpoint
+        values = {**change.values, "updated_at": now}
+        p = sql.bind(change, values, now)
+        if change.new_execution is not None:
+            cur.execute(sql.insert_execution(False), p)
+        checkpoint_id = None
+        if ck is not None:
+            if ck.blobs:
+                cur.execute(sql.insert_blobs(len(ck.blobs)), p)
+            cur.execute(sql.insert_checkpoint(), p)
+            checkpoint_id = p["cid"] = cur.lastrowid
+        if change.boundary is not None:
+            cur.execute(sql.insert_boundary(ck is not None), p)
+        if change.compensations:
+            cur.execute(sql.insert_compensations(len(change.compensations), ck is not None), p)
+        for statement in sql.insert_events(sql.fills(change)):
+            cur.execute(statement, p)
+        if change.new_execution is not None:
+            cur.execute("UPDATE executions SET head_checkpoint_id = :cid WHERE id = :x_id", p)
+            row = (p["x_version"], None)
+        else:
+            row = cur.execute(sql.update_execution(
+                tuple(values), change.fence_version is not None, change.fence_owner is not None,
+                ck is not None), p).fetchone()
+            if row is None:
+                raise _FenceFailed()
+        return Committed(checkpoint_id, row[0], row[1],
+                         _with_checkpoint(change.events, checkpoint_id))
+
+    def _commit_postgres(self, dbapi: Any, changes: list[Change]) -> list[Committed | None]:
+        """One round trip for all changes. A failed fence aborts the whole transaction, so
+        then each change is committed on its own to find which one conflicts."""
+        import psycopg
+
+        now = time.time()
+        escaping = psycopg.pq.Escaping(dbapi.pgconn)
+        script = ";\n".join(["BEGIN", *(
+            self._sql.postgres_statements(c, {**c.values, "updated_at": now}, now, escaping)
+            for c in changes), "COMMIT"])
+        cur = psycopg.ClientCursor(dbapi)  # no parameters: one simple-protocol round trip
+        try:
+            cur.execute(script.encode())
+            rows = []
+            while True:  # one row per change: its fenced UPDATE, or the new execution's SELECT
+                if cur.pgresult is not None and cur.pgresult.ntuples:
+                    rows.append(cur.fetchone())
+                if not cur.nextset():
+                    break
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            self._abort(dbapi)
+            if change_sql.FENCE_FAILED not in str(exc):
+                raise
+            if len(changes) == 1:
+                return [None]
+            return [o for c in changes for o in self._commit_postgres(dbapi, [c])]
+        except BaseException:
+            self._abort(dbapi)
+            raise
+        finally:
+            cur.close()
+        if len(rows) != len(changes):  # an execution row is gone (deleted under us)
+            raise NotFound("execution", ", ".join(c.execution_id for c in changes))
+        return [Committed(row[2] if c.checkpoint is not None else None, row[0], row[1],
+                          _with_checkpoint(c.events,
+                                           row[2] if c.checkpoint is not None else None))
+                for c, row in zip(changes, rows, strict=True)]
+
+    @staticmethod
+    def _abort(dbapi: Any) -> None:
+        if not dbapi.closed and dbapi.info.transaction_status != 0:  # 0: idle
+            dbapi.execute("ROLLBACK")
+
+    def request_control(self, execution_id: str, action: str, statuses: set[str],
+                        event: Event) -> bool:
+        """Leave a pause/stop request for the process running the execution.
+
+        Does not bump the version: the runner's lease fence is what guards its writes.
+        Returns False if the execution was no longer in one of ``statuses``.
+        """
+        with self.write() as conn:
+            done = conn.execute(
+                update(executions)
+                .where(executions.c.id == execution_id, executions.c.status.in_(statuses))
+                .values(control=action)).rowcount
+            if done:
+                conn.execute(insert(audit_log), [rows.audit_row(event)])
+                conn.execute(insert(outbox), [rows.outbox_row(event)])
+            return bool(done)
+
+    def renew_leases(self, owner: str, execution_ids: list[str], until: float) -> int:
+        with self.write() as conn:
+            return conn.execute(
+                update(executions)
+                .where(executions.c.id.in_(execution_ids), executions.c.lease_owner == owner,
+                       executions.c.status.in_(("running", "rolling_back")))
+                .values(lease_expires_at=until)).rowcount
+
+    # -- reads (each in its own read transaction; see queries for the SQL) ----------------
+
+    def _read(self, fn, *args: Any, **kwargs: Any) -> Any:
+        for attempt in self._retrying():
+            with attempt, self.read() as conn:
+                return fn(conn, *args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def run(self, fn, *args: Any, write: bool = False, **kwargs: Any) -> Any:
+        """``fn(conn, *args)`` in a transaction of its own (a write one if asked), retried on a
+        dropped connection: for idempotent work off the boundary path (workspace blobs,
+        undo bookkeeping, garbage collection)."""
+        for attempt in self._retrying():
+            with attempt, (self.write() if write else self.read()) as conn:
+                return fn(conn, *args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def execution(self, execution_id: str) -> Execution:
+        return self._read(queries.execution, execution_id)
+
+    def executions(self, **filters: Any) -> list[Execution]:
+        return self._read(queries.executions_page, **filters)
+
+    def checkpoint(self, checkpoint_id: int) -> Checkpoint:
+        return self._read(queries.checkpoint, checkpoint_id)
+
+    def checkpoints(self, execution_id: str) -> list[Checkpoint]:
+        return self._read(queries.checkpoints_of, execution_id)
+
+    def state_at(self, checkpoint_id: int) -> tuple[dict[str, Any], dict[str, str], int]:
+        return self._read(queries.state_at, checkpoint_id)
+
+    def boundaries(self, execution_id: str) -> list[NodeBoundary]:
+        return self._read(queries.boundaries_of, execution_id)
+
+    def node_totals(self, execution_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self._read(queries.node_totals, execution_ids)
+
+    def history(self, execution_id: str) -> list[Event]:
+        return self._read(queries.history, execution_id)
+
+    def outbox_events(self, aggregate_id: str | None = None) -> list[dict[str, Any]]:
+        return self._read(queries.outbox_events, aggregate_id)
+
+    def outbox_after(self, after_id: int, **filters: Any) -> list[dict[str, Any]]:
+        return self._read(queries.outbox_after, after_id, **filters)
+
+    def table_counts(self) -> dict[str, int]:
+        return self._read(queries.table_counts)
+
+
+__all__ = ["Change", "CheckpointWrite", "Committed", "NotFound", "Store"]

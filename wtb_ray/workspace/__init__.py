@@ -1,0 +1,79 @@
+"""Workspace directories whose files follow checkpoints, rollback and fork.
+
+An execution may own a directory (``ctx.workspace``). At each checkpoint its files are recorded
+as a tree of content-addressed chunks in the blob store; rollback and fork make a directory
+hold exactly the files of a checkpoint again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wtb_ray.workspace.ignore import IgnoreRules
+from wtb_ray.workspace.index import StatIndex
+from wtb_ray.workspace.restore import Restore
+from wtb_ray.workspace.snapshot import Snapshot, Uploader
+from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
+
+
+class Workspace:
+    """One execution's directory, bound to a store. Not thread-safe: one runner at a time.
+
+    ``known`` holds the blobs this object has seen stored (uploaded, or reached by a tree it
+    restored): only those are skipped without asking the store.
+    """
+
+    def __init__(self, path: str | Path, store: Any, ignore: list[str] | None = None,
+                 max_file_bytes: int = 1 << 30) -> None:
+        self.path = Path(path)
+        self.store = store
+        self.rules = IgnoreRules(ignore or [])
+        self.max_file_bytes = max_file_bytes
+        self.known: set[str] = set()
+        self.reader = TreeReader(store)
+        self._index: StatIndex | None = None
+        self.last_files_read = 0
+
+    @property
+    def index(self) -> StatIndex:
+        if self._index is None:
+            self._index = StatIndex.load(self.path)
+        return self._index
+
+    def snapshot(self) -> str:
+        """Record the directory; returns its root tree hash (every blob already stored)."""
+        root, _ = self._snapshot(inline=False)
+        self.save_index()
+        return root
+
+    def snapshot_for_commit(self) -> tuple[str, list[tuple[str, str, int, bytes]]]:
+        """Record the directory for a checkpoint: (root tree, new blobs small enough to be
+        written in the checkpoint's own transaction). Larger uploads are done already. The
+        stat index is saved by ``save_index`` (a lost index only costs a re-read)."""
+        return self._snapshot(inline=True)
+
+    def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        snap = Snapshot(str(self.path), self.rules, self.index, Uploader(self.store, self.known),
+                        self.max_file_bytes)
+        result = snap.run(inline)
+        self.last_files_read = snap.files_read
+        return result
+
+    def save_index(self) -> None:
+        if self._index is not None:
+            self._index.save()
+
+    def restore(self, root_tree: str | None, sources: list[str] | None = None) -> None:
+        """Make the directory hold exactly the files of ``root_tree`` (None: no files).
+        ``sources``: directories (another execution's workspace) to copy unchanged files
+        from, where their stat index vouches for them, instead of the store."""
+        root_tree = root_tree or EMPTY_TREE
+        Restore(str(self.path), self.rules, self.index, self.reader, self.store,
+                sources).run(root_tree)
+        if root_tree != EMPTY_TREE:
+            self.known.update(self.reader.blobs(root_tree))
+
+
+__all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]

@@ -1,0 +1,76 @@
+"""The stat index: what each file's chunks were the last time it was read, as in git.
+
+A file whose size, mtime, ctime, inode and mode still match its entry is not read again. An
+entry is only kept if the file's mtime and ctime are older than a clock taken from the file
+system itself (the mtime of a file WTB touches): a later write then always changes the mtime,
+even on file systems with coarse timestamps, so a "racily clean" file is read once more instead
+of being trusted. The index is a cache: losing it costs one read of every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from wtb_ray.workspace.ignore import RESERVED
+
+Key = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
+
+
+def stat_key(st: os.stat_result) -> Key:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+class StatIndex:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / RESERVED
+        self.entries: dict[str, tuple[Key, list[str]]] = {}
+        self._saved: dict[str, tuple[Key, list[str]]] = {}
+
+    @classmethod
+    def load(cls, root: Path) -> StatIndex:
+        index = cls(root)
+        try:
+            raw = json.loads((index.dir / "index").read_text())
+            index.entries = {rel: (tuple(e[0]), e[1]) for rel, e in raw["entries"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            index.entries = {}  # absent or unreadable: every file is read once
+        index._saved = dict(index.entries)
+        return index
+
+    def clock(self) -> int:
+        """The file system's current time, in the units of st_mtime_ns."""
+        marker = self.dir / "clock"
+        try:
+            os.utime(marker)
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            marker.write_bytes(b"")
+        return os.lstat(marker).st_mtime_ns
+
+    def lookup(self, rel: str, st: os.stat_result) -> list[str] | None:
+        entry = self.entries.get(rel)
+        return entry[1] if entry is not None and entry[0] == stat_key(st) else None
+
+    @staticmethod
+    def entry(st: os.stat_result, chunks: list[str], clock: int) -> tuple[Key, list[str]] | None:
+        """An entry worth keeping, or None if the file is too recent to be trusted."""
+        if st.st_mtime_ns >= clock or st.st_ctime_ns >= clock:
+            return None
+        return stat_key(st), chunks
+
+    def replace(self, entries: dict[str, tuple[Key, list[str]]]) -> None:
+        self.entries = entries
+
+    def save(self) -> None:
+        if self.entries == self._saved:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"index.{os.getpid()}.tmp"
+        data: dict[str, Any] = {"v": 1, "entries": {r: [list(k), c]
+                                                    for r, (k, c) in self.entries.items()}}
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, self.dir / "index")
+        self._saved = dict(self.entries)

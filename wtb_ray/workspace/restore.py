@@ -1,0 +1,259 @@
+"""Making a directory hold exactly the files of a tree.
+
+Files that are already right (the stat index vouches for them, or their bytes hash to the
+tree's chunks) are left alone; the rest are copied from a local source directory when its
+stat index vouches that its file holds those bytes (a fork copies from its origin's
+workspace, in the kernel, like `cp`), else written from the store, fetching chunks in
+batches of bounded size. Paths the tree lacks are removed unless ignored. Symbolic links are
+never followed: a link where the tree has a directory or file is replaced, not written through.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from wtb_ray.domain.errors import StorageError
+from wtb_ray.storage import blob_io, codec
+from wtb_ray.workspace import tree
+from wtb_ray.workspace.ignore import IgnoreRules
+from wtb_ray.workspace.index import StatIndex, stat_key
+
+FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
+WORKERS = 4
+
+
+class Restore:
+    def __init__(self, root: str, rules: IgnoreRules, index: StatIndex, reader: tree.TreeReader,
+                 store: Any, sources: list[str] | None = None) -> None:
+        self.root = root
+        self.sources = [(src, StatIndex.load(Path(src))) for src in sources or []
+                        if os.path.isdir(src)]
+        self.rules = rules
+        self.index = index
+        self.reader = reader
+        self.store = store
+        self.fresh: dict[str, Any] = {}
+        self.writes: list[tuple[str, str, list[Any]]] = []  # (path, rel, entry)
+        self.touched: list[tuple[str, str, list[str]]] = []  # written or chmod-ed: re-stat
+        self.removed = 0
+
+    def run(self, root_tree: str) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self._sync(self.root, "", self.reader.get(root_tree))
+        self._write_files()
+        clock = self.index.clock()  # after every write: the files we wrote can be trusted
+        for path, rel, chunks in self.touched:
+            entry = StatIndex.entry(os.lstat(path), chunks, clock)
+            if entry is not None:
+                self.fresh[rel] = entry
+        self.index.replace(self.fresh)
+        self.index.save()
+
+    def _sync(self, path: str, prefix: str, entries: tree.Entries) -> None:
+        with os.scandir(path) as it:
+            present = {e.name: e for e in it}
+        for name, item in present.items():
+            if name in entries:
+                continue
+            is_dir = item.is_dir(follow_symlinks=False)
+            if not self.rules.ignored(prefix + name, name, is_dir):
+                self._remove(item.path, prefix + name, is_dir)
+        for name, entry in entries.items():
+            target, rel = os.path.join(path, name), prefix + name
+            item = present.get(name)
+            st = item.stat(follow_symlinks=False) if item is not None else None
+            kind = entry[0]
+            if kind == "d":
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(target)
+                    st = None
+                if st is None:
+                    os.mkdir(target)
+                self._sync(target, rel + "/", self.reader.get(entry[1]))
+            elif kind == "l":
+                if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(target) == entry[1]:
+                    continue
+                if st is not None:
+                    self._clear(target, st)
+                os.symlink(entry[1], target)
+            elif st is not None and stat.S_ISREG(st.st_mode) and self._same(target, rel, st,
+                                                                            entry):
+                if stat.S_IMODE(st.st_mode) != entry[1]:
+                    os.chmod(target, entry[1])
+                    self.touched.append((target, rel, entry[3]))
+                elif self.index.lookup(rel, st) is not None:  # else it was hashed: touched
+                    self.fresh[rel] = self.index.entries[rel]
+            else:
+                if st is not None:
+                    self._clear(target, st)
+                self.writes.append((target, rel, entry))
+
+    def _same(self, path: str, rel: str, st: os.stat_result, entry: list[Any]) -> bool:
+        chunks = self.index.lookup(rel, st)
+        if chunks is not None:
+            return chunks == entry[3]
+        if st.st_size != entry[2]:
+            return False
+        with open(path, "rb") as f:  # unknown to the index: hashing beats rewriting
+            ok = [codec.digest(b) for b in iter(lambda: f.read(tree.CHUNK_SIZE), b"")] == entry[3]
+        if ok:
+            self.touched.append((path, rel, entry[3]))
+        return ok
+
+    def _clear(self, path: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def _remove(self, path: str, rel: str, is_dir: bool) -> None:
+        """Remove what the tree lacks, keeping ignored paths inside a removed directory."""
+        self.removed += 1
+        if not is_dir:
+            os.unlink(path)
+            return
+        with os.scandir(path) as it:
+            for item in list(it):
+                child_dir = item.is_dir(follow_symlinks=False)
+                if not self.rules.ignored(rel + "/" + item.name, item.name, child_dir):
+                    self._remove(item.path, rel + "/" + item.name, child_dir)
+        if not os.listdir(path):
+            os.rmdir(path)
+
+    def _write_files(self) -> None:
+        """Copy what local sources vouch for, then write the rest from the store, both on
+        WORKERS threads (copies, decompression and writes release the GIL)."""
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="wtb-restore") as pool:
+            writes = self.writes
+            if self.sources:
+                # One task per directory: creating files in one directory from several
+                # threads only queues them on the directory's lock.
+                groups: dict[str, list[tuple[str, str, list[Any]]]] = {}
+                for w in writes:
+                    groups.setdefault(os.path.dirname(w[0]), []).append(w)
+                left = pool.map(lambda group: [w for w in group if not self._copy_local(*w)],
+                                groups.values())
+                writes = [w for group in left for w in group]
+            self._write_from_store(pool, writes)
+
+    def _copy_local(self, path: str, rel: str, entry: list[Any]) -> bool:
+        for root, index in self.sources:
+            known = index.entries.get(rel)
+            if known is None or known[1] != entry[3]:
+                continue
+            src = os.path.join(root, rel)
+            try:
+                if stat_key(os.lstat(src)) != known[0]:
+                    continue
+                _copy_file(src, path, entry[1])
+                if stat_key(os.lstat(src)) != known[0]:  # changed while we copied
+                    os.unlink(path)
+                    continue
+            except OSError:
+                continue
+            self._done(path, rel, entry)
+            return True
+        return False
+
+    def _write_from_store(self, pool: ThreadPoolExecutor,
+                          writes: list[tuple[str, str, list[Any]]]) -> None:
+        """Fetch chunks in batches while the previous batch is written: at most two
+        batches are held at once."""
+        batches: list[list[tuple[str, str, list[Any]]]] = [[]]
+        size = 0
+        for item in writes:
+            if item[2][2] > FETCH_BYTES:
+                self._write_big(*item)
+                continue
+            if size >= FETCH_BYTES or len(batches[-1]) >= blob_io.BATCH:
+                batches.append([])
+                size = 0
+            batches[-1].append(item)
+            size += item[2][2]
+        running: list[Future[None]] = []
+        for batch in batches:
+            if not batch:
+                continue
+            data = self._fetch({c for _, _, entry in batch for c in entry[3]})
+            for future in running:
+                future.result()
+            running = [pool.submit(self._write_one, path, rel, entry, data)
+                       for path, rel, entry in batch]
+        for future in running:
+            future.result()
+
+    def _fetch(self, hashes: set[str]) -> dict[str, tuple[str, bytes]]:
+        found = self.store.run(blob_io.fetch_packed, hashes)
+        missing = hashes - found.keys()
+        if missing:
+            raise StorageError(f"workspace chunk(s) missing from the store: "
+                               f"{', '.join(sorted(missing)[:3])}")
+        return found
+
+    def _write_one(self, path: str, rel: str, entry: list[Any],
+                   data: dict[str, tuple[str, bytes]]) -> None:
+        fd = _create(path, entry[1])
+        try:
+            for c in entry[3]:
+                _write_all(fd, codec.unpack(*data[c]))
+        finally:
+            os.close(fd)
+        self._done(path, rel, entry)
+
+    def _write_big(self, path: str, rel: str, entry: list[Any]) -> None:
+        chunks = entry[3]
+        step = max(1, FETCH_BYTES // tree.CHUNK_SIZE)
+        fd = _create(path, entry[1])
+        try:
+            for i in range(0, len(chunks), step):
+                part = chunks[i:i + step]
+                data = self._fetch(set(part))
+                for c in part:
+                    _write_all(fd, codec.unpack(*data[c]))
+        finally:
+            os.close(fd)
+        self._done(path, rel, entry)
+
+    def _done(self, path: str, rel: str, entry: list[Any]) -> None:
+        self.touched.append((path, rel, entry[3]))
+
+
+def _create(path: str, mode: int) -> int:
+    """A new file with its final permission bits, set at creation when the umask allows
+    (no second metadata update per file), else fixed afterwards."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
+    if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+        os.fchmod(fd, mode)
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_file(src: str, dst: str, mode: int) -> None:
+    """Copy in the kernel (copy_file_range, as `cp` does), falling back to a read loop."""
+    fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fo = _create(dst, mode)
+        try:
+            try:
+                while os.copy_file_range(fi, fo, 1 << 30):
+                    pass
+            except OSError:  # not supported here (another file system, an old kernel)
+                os.lseek(fi, 0, os.SEEK_SET)
+                os.lseek(fo, 0, os.SEEK_SET)
+                os.ftruncate(fo, 0)
+                while buf := os.read(fi, 1 << 20):
+                    _write_all(fo, buf)
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)

@@ -1,0 +1,99 @@
+"""Workspace trees: one content-addressed object per directory, as in git.
+
+A tree object is the canonical JSON of ``{name: entry}``:
+
+* ``["f", mode, size, [chunk hashes]]`` a regular file, its bytes cut into CHUNK_SIZE chunks;
+* ``["l", target]`` a symbolic link (never followed);
+* ``["d", tree hash]`` a directory.
+
+A change to one file rewrites the trees on its path only, and two trees with the same hash
+hold the same files, so a diff or a restore skips equal subtrees without reading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from wtb_ray.domain.errors import StorageError
+from wtb_ray.storage import blob_io, codec
+
+CHUNK_SIZE = 1 << 17
+EMPTY_TREE = codec.digest(codec.encode({}))
+
+Entries = dict[str, list[Any]]
+
+
+def encode(entries: Entries) -> tuple[str, bytes]:
+    data = codec.encode(entries)
+    return codec.digest(data), data
+
+
+def content_id(entry: list[Any]) -> str:
+    """One hash for a file's content, whatever its number of chunks."""
+    chunks = entry[3]
+    if len(chunks) == 1:
+        return chunks[0]
+    return codec.digest(",".join(chunks).encode())
+
+
+class TreeReader:
+    """Loads tree objects from the store, a breadth of a tree at a time, with a cache."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._cache: dict[str, Entries] = {EMPTY_TREE: {}}
+        self._wanted: set[str] = set()
+
+    def get(self, tree: str) -> Entries:
+        if tree not in self._cache:
+            wanted = (self._wanted | {tree}) - self._cache.keys()
+            found = self.store.run(blob_io.fetch, wanted)
+            if tree not in found:
+                raise StorageError(f"workspace tree {tree} is missing from the store")
+            for h, data in found.items():
+                self._cache[h] = codec.decode(data)
+            self._wanted -= found.keys()
+        entries = self._cache[tree]
+        # Subtrees are fetched with the next miss: one query per level, not per directory.
+        self._wanted.update(e[1] for e in entries.values()
+                            if e[0] == "d" and e[1] not in self._cache)
+        return entries
+
+    def walk(self, tree: str, prefix: str = "") -> Iterator[tuple[str, list[Any]]]:
+        """Every entry under ``tree`` as (path, entry), parents before their contents."""
+        for name, entry in sorted(self.get(tree).items()):
+            path = prefix + name
+            yield path, entry
+            if entry[0] == "d":
+                yield from self.walk(entry[1], path + "/")
+
+    def blobs(self, tree: str) -> set[str]:
+        """Every tree and chunk hash ``tree`` reaches."""
+        seen = {tree}
+        for _, entry in self.walk(tree):
+            if entry[0] == "d":
+                seen.add(entry[1])
+            elif entry[0] == "f":
+                seen.update(entry[3])
+        return seen
+
+    def diff(self, a: str | None, b: str | None, prefix: str = ""
+             ) -> Iterator[tuple[str, list[Any] | None, list[Any] | None]]:
+        """(path, entry in a, entry in b) for every non-directory path that differs."""
+        a, b = a or EMPTY_TREE, b or EMPTY_TREE
+        if a == b:
+            return
+        left, right = self.get(a), self.get(b)
+        for name in sorted(left.keys() | right.keys()):
+            x, y = left.get(name), right.get(name)
+            if x == y:
+                continue
+            path = prefix + name
+            x_dir = x is not None and x[0] == "d"
+            y_dir = y is not None and y[0] == "d"
+            if x_dir or y_dir:
+                yield from self.diff(x[1] if x_dir else None, y[1] if y_dir else None,
+                                     path + "/")
+            if (x is not None and not x_dir) or (y is not None and not y_dir):
+                yield path, None if x_dir else x, None if y_dir else y
