@@ -3,19 +3,20 @@ cancel."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
 from serve.checks import check_matrix
 from serve.context import BadField, Ctx
-from serve.models import BatchIn
+from serve.models import BatchIn, IdPath
 from wtb_ray.batch.spec import parse_spec
 from wtb_ray.domain.batch import new_batch_id
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+BatchStatus = Literal["pending", "running", "completed", "cancelled"]
 
 
 def links(request: Request, batch_id: str) -> dict[str, str]:
@@ -60,20 +61,20 @@ def submit(ctx: Ctx, body: BatchIn, request: Request) -> dict[str, Any]:
 
 @router.get("")
 def list_batches(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offset = 0,
-                 status: Annotated[str | None, Query(max_length=16)] = None) -> dict[str, Any]:
+                 status: Annotated[BatchStatus | None, Query()] = None) -> dict[str, Any]:
     page = ctx.batches.batches.page(status=status, limit=limit, offset=offset)
     return {"batches": [b.to_dict() for b in page], "limit": limit, "offset": offset,
             "next": next_page(request, len(page), limit, offset)}
 
 
 @router.get("/{batch_id}")
-def status(ctx: Ctx, batch_id: str, request: Request) -> dict[str, Any]:
+def status(ctx: Ctx, batch_id: IdPath, request: Request) -> dict[str, Any]:
     progress = ctx.batches.progress(batch_id)
     return {**progress, "links": links(request, batch_id)}
 
 
 @router.get("/{batch_id}/results")
-def results(ctx: Ctx, batch_id: str, request: Request, limit: Limit = 100,
+def results(ctx: Ctx, batch_id: IdPath, request: Request, limit: Limit = 100,
             offset: Offset = 0) -> dict[str, Any]:
     batch = ctx.batches.batches.get(batch_id)
     cells = ctx.batches.batches.results(batch_id, limit=limit, offset=offset)
@@ -84,7 +85,7 @@ def results(ctx: Ctx, batch_id: str, request: Request, limit: Limit = 100,
 
 
 @router.post("/{batch_id}/cancel", status_code=202)
-def cancel(ctx: Ctx, batch_id: str) -> dict[str, Any]:
+def cancel(ctx: Ctx, batch_id: IdPath) -> dict[str, Any]:
     batch = ctx.batches.batches.request_cancel(batch_id)
     return {"batch": batch.to_dict()}
 

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from serve.context import BadField, Ctx
+from serve.models import MAX_ROW_ID
 
 router = APIRouter(tags=["events"])
 Ident = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
@@ -34,14 +35,16 @@ def sse(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
 
 
+EventId = Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)]
+
+
 @router.get("/v1/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def events(ctx: Ctx, request: Request, batch_id: Ident = None,
-                 execution_id: Ident = None,
-                 last_event_id: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+                 execution_id: Ident = None, last_event_id: EventId = None) -> StreamingResponse:
     header = request.headers.get("last-event-id")
-    if header is not None and not header.isdigit():
-        raise BadField("Last-Event-ID", "must be an event id (a non-negative integer)")
+    if header is not None and not (header.isdigit() and int(header) <= MAX_ROW_ID):
+        raise BadField("Last-Event-ID", f"must be an event id (an integer from 0 to {MAX_ROW_ID})")
     cursor = int(header) if header is not None else (last_event_id or 0)
     deadline = time.monotonic() + ctx.settings.api_event_stream_s
     settle = ctx.settings.api_event_settle_s if ctx.settings.url.startswith("postgres") else 0.0

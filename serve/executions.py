@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from actors.runs import drive
 from serve.checks import check_choice, check_nodes
 from serve.context import Api, BadField, Ctx
-from serve.models import ExecutionIn, ForkIn, ResumeIn, RollbackIn
+from serve.models import ExecutionIn, ForkIn, IdPath, ResumeIn, RollbackIn
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.engine.lease import lease_is_dead
@@ -61,14 +61,14 @@ def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
 
 
 @router.get("/{execution_id}")
-def show(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+def show(ctx: Ctx, execution_id: IdPath, request: Request) -> dict[str, Any]:
     ex = ctx.bench.get(execution_id)
     return {**view(request, ex), "state": ctx.bench.state(ex.id),
             "node_runs": [b.to_dict() for b in ctx.bench.boundaries(ex.id)]}
 
 
 @router.get("/{execution_id}/checkpoints")
-def checkpoints(ctx: Ctx, execution_id: str) -> dict[str, Any]:
+def checkpoints(ctx: Ctx, execution_id: IdPath) -> dict[str, Any]:
     ex = ctx.bench.get(execution_id)
     items = ctx.bench.checkpoints(ex.id)
     on_branch = branch_ids(ex.head_checkpoint_id, {c.id: c for c in items})
@@ -77,17 +77,17 @@ def checkpoints(ctx: Ctx, execution_id: str) -> dict[str, Any]:
 
 
 @router.post("/{execution_id}/pause")
-def pause(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+def pause(ctx: Ctx, execution_id: IdPath, request: Request) -> dict[str, Any]:
     return view(request, ctx.bench.pause(execution_id))
 
 
 @router.post("/{execution_id}/stop")
-def stop(ctx: Ctx, execution_id: str, request: Request) -> dict[str, Any]:
+def stop(ctx: Ctx, execution_id: IdPath, request: Request) -> dict[str, Any]:
     return view(request, ctx.bench.stop(execution_id))
 
 
 @router.post("/{execution_id}/resume", status_code=202)
-def resume(ctx: Ctx, execution_id: str, body: ResumeIn, request: Request) -> dict[str, Any]:
+def resume(ctx: Ctx, execution_id: IdPath, body: ResumeIn, request: Request) -> dict[str, Any]:
     """Checked here (the state allows it, the variants exist, the patch is an object), then
     resumed on the cluster."""
     ex = ctx.bench.get(execution_id)
@@ -102,7 +102,7 @@ def resume(ctx: Ctx, execution_id: str, body: ResumeIn, request: Request) -> dic
 
 
 @router.post("/{execution_id}/rollback")
-def rollback(ctx: Ctx, execution_id: str, body: RollbackIn, request: Request) -> dict[str, Any]:
+def rollback(ctx: Ctx, execution_id: IdPath, body: RollbackIn, request: Request) -> dict[str, Any]:
     try:
         ex = ctx.bench.rollback(execution_id, body.to)
     except InvalidInput as exc:  # the target: a node that never ran, or not on this branch
@@ -111,7 +111,7 @@ def rollback(ctx: Ctx, execution_id: str, body: RollbackIn, request: Request) ->
 
 
 @router.post("/{execution_id}/fork", status_code=202, responses={202: follow_up(*ALL)})
-def fork(ctx: Ctx, execution_id: str, body: ForkIn, request: Request) -> dict[str, Any]:
+def fork(ctx: Ctx, execution_id: IdPath, body: ForkIn, request: Request) -> dict[str, Any]:
     """The fork is created here (paused at its first checkpoint), then run on the cluster."""
     check_choice(ctx.bench.workflow_for(ctx.bench.get(execution_id)), body.variants, "variants")
     ex = ctx.bench.fork(execution_id, body.at, patch=body.patch, variants=body.variants,

@@ -10,16 +10,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from wtb_ray.batch.spec import Evaluator
+from wtb_ray.batch.spec import Evaluator, NoNul
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=f"^{NAME.pattern}$")]
-Text = Annotated[str, Field(max_length=200)]
+Text = Annotated[str, Field(max_length=200), NoNul]
 # Only a lookup key into Settings.workflows (an allowlist): anything else is refused by name.
 WorkflowName = Annotated[str, Field(min_length=1, max_length=100)]
 MAX_CASES = 10_000
+# Ids are BIGINT columns: a larger number would reach the database and fail there, not here.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+# Batch and execution ids as they appear in a path: anything else cannot name a row.
+IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
 class Strict(BaseModel):
@@ -27,7 +33,7 @@ class Strict(BaseModel):
 
 
 class CaseIn(Strict):
-    id: Annotated[str, Field(min_length=1, max_length=200)]
+    id: Annotated[str, Field(min_length=1, max_length=200), NoNul]
     input: dict[str, Any] = Field(default_factory=dict)
     expected: dict[str, Any] = Field(default_factory=dict)
 
@@ -77,15 +83,15 @@ class RollbackIn(Strict):
     @classmethod
     def _target(cls, value: int | str) -> int | str:
         # Checked here rather than per union member, so an error names "to" alone.
-        if isinstance(value, int) and value < 1:
-            raise ValueError("a checkpoint id is a positive integer")
+        if isinstance(value, int) and not 1 <= value <= MAX_ROW_ID:
+            raise ValueError(f"a checkpoint id is an integer from 1 to {MAX_ROW_ID}")
         if isinstance(value, str) and not NAME.fullmatch(value):
             raise ValueError("a node name is 1-100 letters, digits, '_', '.' or '-'")
         return value
 
 
 class ForkIn(Strict):
-    at: Annotated[int, Field(ge=1)] | None = None
+    at: RowId | None = None
     patch: dict[str, Any] | None = None
     variants: dict[Name, Name] = Field(default_factory=dict, max_length=100)
     run: bool = True

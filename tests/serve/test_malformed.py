@@ -78,6 +78,12 @@ MALFORMED = [
     ("rollback: a node that never ran", "POST", "/v1/executions/{ex}/rollback",
      {"to": "zz"}, 422, "to"),
     ("fork: at not an id", "POST", "/v1/executions/{ex}/fork", {"at": "x"}, 422, "at"),
+    ("fork: at beyond a BIGINT", "POST", "/v1/executions/{ex}/fork",
+     {"at": 561004710840193056768}, 422, "at"),
+    ("rollback: checkpoint id beyond a BIGINT", "POST", "/v1/executions/{ex}/rollback",
+     {"to": 2**63}, 422, "to"),
+    ("events: last_event_id beyond a BIGINT", "GET", f"/v1/events?last_event_id={2**63}", None,
+     422, "last_event_id"),
     ("fork: unknown variant", "POST", "/v1/executions/{ex}/fork",
      {"variants": {"c": "nosuch"}}, 422, "variants.c"),
     ("fork: patch not an object", "POST", "/v1/executions/{ex}/fork", {"patch": [1]}, 422,
@@ -86,6 +92,21 @@ MALFORMED = [
      {"variants": {"b": "nosuch"}}, 422, "variants.b"),
     ("resume: unknown field", "POST", "/v1/executions/{ex}/resume", {"state": {}}, 422,
      "state"),
+    ("batch name with a NUL character", "POST", "/v1/batches", batch(name="a\x00b"), 422,
+     "name"),
+    ("case id with a NUL character", "POST", "/v1/batches",
+     batch(cases=[{**CASE, "id": "c\x001"}]), 422, "cases[0].id"),
+    ("regex evaluator with an invalid pattern", "POST", "/v1/batches",
+     batch(evaluators=[{"type": "regex", "key": "answer", "pattern": "(("}]), 422,
+     "evaluators[0].pattern"),
+    ("execution: label with a NUL character", "POST", "/v1/executions",
+     {"workflow": "chain", "labels": {"team": "a\x00"}}, 422, "labels.team"),
+    ("execution id with odd characters", "GET", "/v1/executions/a%00b", None, 422,
+     "execution_id"),
+    ("batch id with odd characters", "GET", "/v1/batches/a%20b/results", None, 422,
+     "batch_id"),
+    ("list: status not a batch status", "GET", "/v1/batches?status=done", None, 422,
+     "status"),
     ("list: limit zero", "GET", "/v1/batches?limit=0", None, 422, "limit"),
     ("list: offset negative", "GET", "/v1/batches?offset=-1", None, 422, "offset"),
     ("events: batch id with odd characters", "GET", "/v1/events?batch_id=../x", None, 422,
@@ -117,6 +138,13 @@ def test_malformed_request_is_refused_naming_the_field(api, paused_execution, na
     assert after == before  # nothing was written
     assert api.client.get(f"/v1/executions/{paused_execution}").json()[
         "execution"]["status"] == "paused"
+
+
+@pytest.mark.parametrize("value", ["abc", str(2**63)])
+def test_a_last_event_id_header_that_is_not_an_event_id_is_refused(api, value):
+    response = api.client.get("/v1/events", headers={"Last-Event-ID": value})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "Last-Event-ID"
 
 
 def test_a_body_that_is_not_json_is_a_400(api):

@@ -20,12 +20,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from wtb_ray.domain.errors import InvalidInput
 
@@ -35,12 +44,22 @@ _ENV_KEYS = {"env_vars", "pip", "uv", "working_dir", "py_modules", "conda", "con
              "excludes", "config"}
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here, naming the field, not at insert time.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\x00)")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class Case(Strict):
-    id: Annotated[str, Field(min_length=1, max_length=200)]
+    id: Annotated[str, Field(min_length=1, max_length=200), NoNul]
     input: dict[str, Any] = Field(default_factory=dict)
     expected: dict[str, Any] = Field(default_factory=dict)
 
@@ -67,6 +86,16 @@ class Evaluator(Strict):
     max: float | None = None
     ref: str | None = Field(default=None, max_length=300)
 
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _needs(self) -> Evaluator:
         required = {"exact": ["key"], "contains": ["key"], "regex": ["key"],
@@ -88,8 +117,9 @@ class Webhook(Strict):
     """Where the relay POSTs the batch's and its executions' events, signed with ``secret``
     (or the relay's WTB_WEBHOOK_SECRET). ``events`` filters by kind (fnmatch patterns)."""
 
-    url: Annotated[str, Field(min_length=1, max_length=2000)]
-    secret: str | None = Field(default=None, min_length=16, max_length=500, repr=False)
+    url: Annotated[str, Field(min_length=1, max_length=2000), NoNul]
+    secret: Annotated[str, NoNul] | None = Field(default=None, min_length=16, max_length=500,
+                                                 repr=False)
     events: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=lambda: ["*"], min_length=1, max_length=50)
 
@@ -109,7 +139,7 @@ class Webhook(Strict):
 class BatchSpec(Strict):
     workflow: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
                                    max_length=300)]
-    name: str | None = Field(default=None, max_length=200)
+    name: Annotated[str, NoNul] | None = Field(default=None, max_length=200)
     variants: dict[str, list[str]] | None = None
     combinations: list[dict[str, str]] | None = None
     cases: list[Case] | str
