@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from actors.executor_pool import ExecutorPool
+from actors.executor_pool import ExecutorPool, ExecutorStartError
 from actors.metrics import BatchMetrics
 from wtb_ray.batch.plan import env_key
 from wtb_ray.batch.service import BatchService
@@ -32,6 +33,7 @@ NAMESPACE = "wtb"
 MAX_CHUNK_ERRORS = 5
 PIPELINE = 2  # chunks in flight per executor
 DRIVER_ATTEMPTS = 5
+WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most this often
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -179,6 +181,8 @@ class _BatchRun:
                 self._dispatch(envs, spec.parallelism)
                 if self.inflight:
                     await self._collect()
+                elif any(self.queue.values()):
+                    await self._await_executor(envs, spec.parallelism)
                 self._release_idle()
                 batch = await asyncio.to_thread(svc.refresh, batch)
                 progress = await asyncio.to_thread(svc.progress, self.batch_id)
@@ -198,7 +202,14 @@ class _BatchRun:
     def _dispatch(self, envs: dict[str, dict[str, Any]], parallelism: int) -> None:
         for env, chunks in self.queue.items():
             while chunks:
-                actor = self._actor(env, envs.get(env) or {}, parallelism)
+                try:
+                    actor = self._actor(env, envs.get(env) or {}, parallelism)
+                except ExecutorStartError:
+                    self.errors += 1
+                    if self.errors >= MAX_CHUNK_ERRORS:
+                        raise  # not transient: stop here; a restart resumes the batch
+                    log.exception("batch %s: no executor could start", self.batch_id)
+                    break
                 if actor is None:
                     break
                 ids, takeover = chunks.popleft()
@@ -213,10 +224,20 @@ class _BatchRun:
         if free:
             return free[0]
         if len(actors) < parallelism:
-            actors.append(self.pool.acquire(env, runtime_env))
-            return actors[-1]
+            actor = self.pool.acquire(env, runtime_env, want=parallelism - len(actors))
+            if actor is not None:
+                actors.append(actor)
+                return actor
         spare = [a for a in actors if self.load.get(a, 0) < PIPELINE]
         return min(spare, key=lambda a: self.load.get(a, 0)) if spare else None
+
+    async def _await_executor(self, envs: dict[str, dict[str, Any]], parallelism: int) -> None:
+        """Chunks wait and none runs: wait for the pool to hand out an executor. Waking is
+        cheap (no database reads), as every waiting batch wakes whenever the pool changes."""
+        deadline = time.monotonic() + WAIT_S
+        while not self.inflight and (left := deadline - time.monotonic()) > 0:
+            await self.pool.changed(left)
+            self._dispatch(envs, parallelism)
 
     def _release_idle(self) -> None:
         """Give back the idle executors of groups with nothing queued: another group may be

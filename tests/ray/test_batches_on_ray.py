@@ -82,6 +82,21 @@ def test_matrix_runs_on_ray_and_matches_the_in_process_run(ray_settings, service
                        r.metrics) for r in service.leaderboard(local.id)]
 
 
+def test_batches_submitted_together_share_the_executors(ray_settings, service):
+    """Three batches at once on two CPUs, executors kept warm for an hour: each batch gets
+    the executors the one before it releases. (Were a batch to start executors of its own,
+    they would wait for the CPUs the warm ones hold: an hour.)"""
+    settings = ray_settings.model_copy(update={"executor_idle_seconds": 3600})
+    orchestrator = get_or_create(settings)
+    spec = matrix_spec().model_dump(mode="json")
+    batch_ids = ray.get([orchestrator.submit.remote(spec) for _ in range(3)])
+    for batch_id in batch_ids:
+        status = finish(orchestrator, batch_id, timeout=180)
+        assert status["batch"]["status"] == "completed" and status["batch"]["completed"] == 30
+    for batch_id in batch_ids:
+        check_matrix_results(service, batch_id)
+
+
 def test_each_variant_runs_in_its_own_runtime_env(ray_settings, service):
     spec = matrix_spec(
         variants={"c": ["alpha", "beta"]},
