@@ -71,9 +71,6 @@ class ExecutorPool:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     def release(self, env: str, actor: Any) -> None:
-        mine = [a for a, e in self.starting.items() if e == env]
-        if mine:  # the one still starting is not needed now: this one serves instead
-            self.discard(mine[0])
         self.warm.setdefault(env, []).append((actor, time.monotonic()))
         self._notify()
 

@@ -46,6 +46,7 @@ class BatchOrchestrator:
         self.pool = ExecutorPool(settings, settings["orchestrator_name"],
                                  settings["executor_idle_seconds"])
         self.drivers: dict[str, asyncio.Task] = {}
+        self.turns = asyncio.Semaphore(settings["batch_concurrency"])  # first come, first run
         self.runs: dict[str, _BatchRun] = {}
         self.latency = {"node": Latency(), "write": Latency()}  # reported by executors
         self.booted = False
@@ -118,6 +119,10 @@ class BatchOrchestrator:
             self.metrics.set_active(sum(not t.done() for t in self.drivers.values()))
 
     async def _drive(self, batch_id: str, takeover: bool) -> None:
+        async with self.turns:
+            await self._drive_now(batch_id, takeover)
+
+    async def _drive_now(self, batch_id: str, takeover: bool) -> None:
         try:
             for attempt in range(DRIVER_ATTEMPTS):
                 try:
@@ -179,10 +184,10 @@ class _BatchRun:
                             (ids[i:i + spec.chunk_size], False)
                             for i in range(0, len(ids), spec.chunk_size))
                 self._dispatch(envs, spec.parallelism)
+                if not self.inflight and any(self.queue.values()):
+                    await self._await_executor(envs, spec.parallelism)
                 if self.inflight:
                     await self._collect()
-                elif any(self.queue.values()):
-                    await self._await_executor(envs, spec.parallelism)
                 self._release_idle()
                 batch = await asyncio.to_thread(svc.refresh, batch)
                 progress = await asyncio.to_thread(svc.progress, self.batch_id)
@@ -191,6 +196,8 @@ class _BatchRun:
                 if idle and not batch.finished and not await asyncio.to_thread(
                         svc.runnable, batch):
                     break  # only paused cells are left: they wait for a person
+            while self.inflight:  # the batch can finish while a chunk's answer is on its way
+                await self._collect()
         finally:
             for env, actors in self.executors.items():
                 for actor in actors:

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     executor_idle_seconds: float = Field(
         default=60.0, ge=0,
         description="How long an idle batch executor is kept warm for the next batch.")
+    batch_concurrency: int = Field(
+        default=8, ge=1,
+        description="Batches the orchestrator drives at once. The rest wait their turn, in "
+                    "the order they came, as pending: cheaper than many batches polling for "
+                    "the same executors.")
     batch_niceness: int = Field(
         default=4, ge=0, le=19,
         description="Added to the niceness of the batch orchestrator and executors, so the HTTP "

@@ -97,6 +97,22 @@ def test_batches_submitted_together_share_the_executors(ray_settings, service):
         check_matrix_results(service, batch_id)
 
 
+def test_batches_beyond_batch_concurrency_wait_their_turn_as_pending(ray_settings, service,
+                                                                     tmp_path):
+    orchestrator = get_or_create(ray_settings.model_copy(update={"batch_concurrency": 1}))
+    spec, point = held_spec(tmp_path)
+    first = ray.get(orchestrator.submit.remote(spec.model_dump(mode="json")))
+    wait_for(tmp_path / f"{point}.waiting")
+    second = ray.get(orchestrator.submit.remote(matrix_spec().model_dump(mode="json")))
+    for _ in range(20):  # driven at once, it would be running within milliseconds
+        assert ray.get(orchestrator.status.remote(second))["batch"]["status"] == "pending"
+        time.sleep(0.1)
+    (tmp_path / f"{point}.go").write_text("")
+    for batch_id in (first, second):
+        assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+        check_matrix_results(service, batch_id)
+
+
 def test_each_variant_runs_in_its_own_runtime_env(ray_settings, service):
     spec = matrix_spec(
         variants={"c": ["alpha", "beta"]},
