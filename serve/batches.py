@@ -11,7 +11,6 @@ from serve.checks import check_matrix
 from serve.context import BadField, Ctx
 from serve.models import BatchIn, IdPath
 from wtb_ray.batch.spec import parse_spec
-from wtb_ray.domain.batch import new_batch_id
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -53,7 +52,7 @@ def submit(ctx: Ctx, body: BatchIn, request: Request) -> dict[str, Any]:
         raise BadField("repeats" if spec.repeats > 1 else "cases",
                        f"{cells} executions (combinations x cases x repeats) is more than "
                        f"the {ctx.settings.api_max_cells} one request may create")
-    batch = ctx.batches.submit(spec, new_batch_id())
+    batch = ctx.batches.submit(spec)  # a new id: nothing to look up first
     ctx.schedule(batch.id)  # not awaited: the batch is already saved
     return {"id": batch.id, "status": batch.status, "total": batch.total,
             "links": links(request, batch.id)}

@@ -26,6 +26,7 @@ def deploy(settings: Settings, *, name: str = "wtb", route_prefix: str = "/") ->
                               "request_timeout_s": settings.api_request_timeout_s})
     app = Ingress.options(
         max_ongoing_requests=settings.api_max_ongoing_requests,
-        ray_actor_options={"runtime_env": {"env_vars": replica_env(settings)}},
+        ray_actor_options={"num_cpus": settings.api_num_cpus,
+                           "runtime_env": {"env_vars": replica_env(settings)}},
     ).bind()
     return serve.run(app, name=name, route_prefix=route_prefix)

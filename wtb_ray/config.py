@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Ray Serve's end-to-end request timeout.")
     api_max_ongoing_requests: int = Field(
         default=100, gt=0, description="Requests one replica handles at once.")
+    api_num_cpus: float = Field(
+        default=0.0, ge=0,
+        description="CPUs each API replica reserves in Ray's scheduling (never a limit). 0 "
+                    "leaves every CPU to batch executors; batch_niceness still lets the API "
+                    "answer first.")
     api_event_settle_s: float = Field(
         default=1.0, ge=0,
         description="PostgreSQL only: events are streamed once they are this old. Outbox ids "

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wtb_ray.batch import evaluators
-from wtb_ray.batch.plan import check_against, plan_cells
+from wtb_ray.batch.plan import Cell, check_against, plan_cells
 from wtb_ray.batch.spec import BatchSpec, Case
 from wtb_ray.batch.stats import CellResult, Row, leaderboard
 from wtb_ray.domain import batch as states
 from wtb_ray.domain.batch import Batch
 from wtb_ray.domain.errors import NotFound
 from wtb_ray.domain.execution import Status
+from wtb_ray.domain.graph import Workflow
 from wtb_ray.engine import group
 from wtb_ray.engine.bench import Bench
 from wtb_ray.engine.lease import lease_is_dead
@@ -66,7 +67,8 @@ class BatchService:
         if batch_id is not None:
             batch.id = batch_id
         self.batches.create(batch, spec.webhook.model_dump() if spec.webhook else None)
-        self.materialize(batch)
+        self._specs[batch.id] = spec
+        self._create_cells(batch, spec, wf, cells)
         return batch
 
     def materialize(self, batch: Batch) -> int:
@@ -74,7 +76,10 @@ class BatchService:
         spec = self.spec(batch)
         have = {(c["combo"], c["case"], c["repeat"]) for c in self.batches.cells(batch.id)}
         missing = [c for c in plan_cells(spec) if (c.combo, c.case.id, c.repeat) not in have]
-        wf = load_workflow(spec.workflow)
+        return self._create_cells(batch, spec, load_workflow(spec.workflow), missing)
+
+    def _create_cells(self, batch: Batch, spec: BatchSpec, wf: Workflow,
+                      missing: list[Cell]) -> int:
         group.create_many(self.bench, wf, [
             {"input": c.case.input, "variants": c.choice, "labels": c.labels(),
              "batch_id": batch.id} for c in missing])
