@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from actors.priority import yield_to_interactive
 from wtb_ray.batch.service import BatchService
 from wtb_ray.config import Settings
 from wtb_ray.engine.bench import Bench
@@ -27,7 +28,7 @@ def latency_report(bench: Bench) -> dict[str, Any]:
 @ray.remote(num_cpus=1, max_restarts=0, concurrency_groups={"info": 1})
 class VariantExecutionActor:
     def __init__(self, settings: dict[str, Any]) -> None:
-        os.nice(settings["batch_niceness"])  # after the API in the CPU queue (see Settings)
+        yield_to_interactive(settings["batch_niceness"], settings["batch_sched_idle"])
         self.bench = Bench.open(Settings(**settings))
         self.service = BatchService(self.bench)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from typing import Any
@@ -21,6 +20,7 @@ from ray.exceptions import RayActorError
 
 from actors.executor_pool import ExecutorPool, ExecutorStartError
 from actors.metrics import BatchMetrics
+from actors.priority import yield_to_interactive
 from wtb_ray.batch.plan import env_key
 from wtb_ray.batch.service import BatchService
 from wtb_ray.batch.spec import parse_spec
@@ -39,7 +39,7 @@ WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most th
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class BatchOrchestrator:
     def __init__(self, settings: dict[str, Any]) -> None:
-        os.nice(settings["batch_niceness"])  # after the API in the CPU queue (see Settings)
+        yield_to_interactive(settings["batch_niceness"], settings["batch_sched_idle"])
         self.settings = settings
         self.service = BatchService(Bench.open(Settings(**settings)))
         self.metrics = BatchMetrics()

@@ -95,6 +95,11 @@ async def measure(base: str, rate: float, seconds: float, warmup: int) -> dict[s
         first = await client.post("/v1/batches", json=BATCH)
         first.raise_for_status()
         batch_id = first.json()["id"]
+        for _ in range(600):  # measure from a steady state: executors started, batch done
+            if (await client.get(f"/v1/batches/{batch_id}")).json()["batch"]["status"] == \
+                    "completed":
+                break
+            await asyncio.sleep(0.1)
         plans = {"noop": ("GET", "/noop/", 200, {}),
                  "status": ("GET", f"/v1/batches/{batch_id}", 200, {}),
                  "submit": ("POST", "/v1/batches", 202, {"json": BATCH})}

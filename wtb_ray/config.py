@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         description="Added to the niceness of the batch orchestrator and executors, so the HTTP "
                     "API and other interactive work on the same machines come first; batch "
                     "work still takes every idle CPU.")
+    batch_sched_idle: bool = Field(
+        default=True,
+        description="Run the batch orchestrator and executors under SCHED_IDLE (Linux): they "
+                    "get a CPU only when no other thread wants it, and every idle one.")
 
     # -- the HTTP API (Ray Serve) ---------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Where the HTTP API listens.")
