@@ -67,8 +67,7 @@ class BatchService:
         if batch_id is not None:
             batch.id = batch_id
         self.batches.create(batch, spec.webhook.model_dump() if spec.webhook else None)
-        self._specs[batch.id] = spec
-        self._create_cells(batch, spec, wf, cells)
+        self._create_cells(batch.id, wf, cells)  # all of them: the batch is new
         return batch
 
     def materialize(self, batch: Batch) -> int:
@@ -76,14 +75,13 @@ class BatchService:
         spec = self.spec(batch)
         have = {(c["combo"], c["case"], c["repeat"]) for c in self.batches.cells(batch.id)}
         missing = [c for c in plan_cells(spec) if (c.combo, c.case.id, c.repeat) not in have]
-        return self._create_cells(batch, spec, load_workflow(spec.workflow), missing)
+        return self._create_cells(batch.id, load_workflow(spec.workflow), missing)
 
-    def _create_cells(self, batch: Batch, spec: BatchSpec, wf: Workflow,
-                      missing: list[Cell]) -> int:
+    def _create_cells(self, batch_id: str, wf: Workflow, cells: list[Cell]) -> int:
         group.create_many(self.bench, wf, [
             {"input": c.case.input, "variants": c.choice, "labels": c.labels(),
-             "batch_id": batch.id} for c in missing])
-        return len(missing)
+             "batch_id": batch_id} for c in cells])
+        return len(cells)
 
     def spec(self, batch: Batch) -> BatchSpec:
         if batch.id not in self._specs:
