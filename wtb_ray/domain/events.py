@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from wtb_ray.domain.ids import ordered_hex
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class Event:
     checkpoint_id: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: ordered_hex(32))  # 84 random bits
     batch_id: str | None = None
 
     def with_checkpoint(self, checkpoint_id: int) -> Event:
