@@ -33,8 +33,7 @@ class VariantExecutionActor:
         self.service = BatchService(self.bench)
 
     def run(self, batch_id: str, execution_ids: list[str], takeover: bool) -> dict[str, Any]:
-        batch = self.service.batches.get(batch_id)
-        report = self.service.run_chunk(batch, execution_ids, takeover=takeover)
+        report = self.service.run_chunk(batch_id, execution_ids, takeover=takeover)
         return {"statuses": report.statuses, "skipped": report.skipped,
                 "latency": latency_report(self.bench)}
 

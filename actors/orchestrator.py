@@ -189,9 +189,8 @@ class _BatchRun:
                 if self.inflight:
                     await self._collect()
                 self._release_idle()
-                batch = await asyncio.to_thread(svc.refresh, batch)
-                progress = await asyncio.to_thread(svc.progress, self.batch_id)
-                self.owner.metrics.observe(self.batch_id, progress["combinations"])
+                batch, combinations = await asyncio.to_thread(svc.tally, batch)
+                self.owner.metrics.observe(self.batch_id, combinations)
                 idle = not self.inflight and not any(self.queue.values())
                 if idle and not batch.finished and not await asyncio.to_thread(
                         svc.runnable, batch):

@@ -22,7 +22,7 @@ def run_local(service: BatchService, batch_id: str, on_progress: Progress | None
             todo = service.runnable(batch, takeover=takeover)
             size = service.spec(batch).chunk_size
             for start in range(0, len(todo), size):
-                service.run_chunk(batch, [c["id"] for c in todo[start:start + size]],
+                service.run_chunk(batch.id, [c["id"] for c in todo[start:start + size]],
                                   takeover=takeover)
                 service.refresh(batch)
                 if on_progress:

@@ -8,6 +8,7 @@ so a batch gives the same results wherever it runs.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.loader import load_workflow
 from wtb_ray.storage.batches import Batches
 from wtb_ray.storage.store import Change
+
+SPECS_KEPT = 16  # parsed specs a process keeps (one per batch it works on)
 
 
 @dataclass
@@ -83,10 +86,18 @@ class BatchService:
              "batch_id": batch_id} for c in cells])
         return len(cells)
 
-    def spec(self, batch: Batch) -> BatchSpec:
-        if batch.id not in self._specs:
-            self._specs[batch.id] = BatchSpec.model_validate(batch.spec)
-        return self._specs[batch.id]
+    def spec(self, batch: Batch | str) -> BatchSpec:
+        """A batch's spec (given the batch, or its id to read it), parsed once per process:
+        a spec holds every case, and executors run many chunks of a batch."""
+        batch_id = batch if isinstance(batch, str) else batch.id
+        spec = self._specs.pop(batch_id, None)  # re-inserted below: most recent last
+        if spec is None:
+            row = self.batches.get(batch_id) if isinstance(batch, str) else batch
+            spec = BatchSpec.model_validate(row.spec)
+            while len(self._specs) >= SPECS_KEPT:
+                del self._specs[next(iter(self._specs))]
+        self._specs[batch_id] = spec
+        return spec
 
     # -- scheduling -------------------------------------------------------------------
 
@@ -109,22 +120,23 @@ class BatchService:
             self.batches.save(batch, batch.event("batch.started", total=batch.total))
         return batch
 
-    def run_chunk(self, batch: Batch, execution_ids: list[str], *,
+    def run_chunk(self, batch_id: str, execution_ids: list[str], *,
                   takeover: bool = False) -> ChunkReport:
-        """Claim, run and score some cells of ``batch`` in this process."""
-        spec = self.spec(batch)
+        """Claim, run and score some cells of a batch in this process."""
+        spec = self.spec(batch_id)
         runs, skipped = group.run_many(self.bench, execution_ids, takeover=takeover,
                                        timeout_s=spec.timeout_s)
         finished = [r for r in runs if r.ex.status in (Status.COMPLETED, Status.FAILED)]
-        self.score(batch, [(r.ex.id, r.ex.status.value, r.state.values, r.ex.labels,
+        self.score(batch_id, [(r.ex.id, r.ex.status.value, r.state.values, r.ex.labels,
                             r.ex.error) for r in finished])
         return ChunkReport({r.ex.id: r.ex.status.value for r in runs}, skipped)
 
-    def score(self, batch: Batch, finished: Iterable[tuple[str, str, dict, dict, Any]]) -> None:
+    def score(self, batch_id: str, finished: Iterable[tuple[str, str, dict, dict, Any]]
+              ) -> None:
         finished = list(finished)
         if not finished:
             return
-        spec = self.spec(batch)
+        spec = self.spec(batch_id)
         cases = {c.id: c for c in spec.cases}
         totals = self.bench.store.node_totals([f[0] for f in finished])
         rows = []
@@ -135,7 +147,7 @@ class BatchService:
             scored = evaluators.score(spec.evaluators, state, cases.get(
                 labels["case"], Case(id=labels["case"])), facts)
             rows.append({
-                "execution_id": execution_id, "batch_id": batch.id, "combo": labels["combo"],
+                "execution_id": execution_id, "batch_id": batch_id, "combo": labels["combo"],
                 "case_id": labels["case"], "repeat": labels["repeat"], "status": status,
                 "passed": scored.passed, "latency_ms": facts.latency_ms,
                 "node_count": facts.node_count, "metrics": scored.metrics,
@@ -151,7 +163,7 @@ class BatchService:
         todo = [c for c in self.batches.cells(batch.id) if c["id"] not in have and (
             c["status"] == "completed" or (c["status"] == "failed"
                                           and c["attempts"] >= max_attempts))]
-        self.score(batch, [(c["id"], c["status"], self.bench.state(c["id"]), c, c["error"])
+        self.score(batch.id, [(c["id"], c["status"], self.bench.state(c["id"]), c, c["error"])
                            for c in todo])
         return len(todo)
 
@@ -159,9 +171,15 @@ class BatchService:
 
     def refresh(self, batch: Batch) -> Batch:
         """Recount cells from their executions; finish the batch when nothing is left."""
-        counts = self.batches.status_counts(batch.id)
+        return self.tally(batch)[0]
+
+    def tally(self, batch: Batch) -> tuple[Batch, dict[str, dict[str, int]]]:
+        """``refresh``, and how many cells of each variant combination are in each state,
+        from one read of the cells (the orchestrator does this after every chunk)."""
+        cells = self.batches.cells(batch.id)
         max_attempts = self.spec(batch).max_attempts
-        retryable = sum(1 for c in self.batches.cells(batch.id)
+        counts = Counter(c["status"] for c in cells)
+        retryable = sum(1 for c in cells
                         if c["status"] == "failed" and c["attempts"] < max_attempts)
         batch.completed, batch.cancelled = counts["completed"], counts["cancelled"]
         batch.failed = counts["failed"] - retryable
@@ -175,12 +193,11 @@ class BatchService:
                 cancelled=batch.cancelled))
         else:
             self.batches.save(batch)
-        return batch
+        return batch, _combinations(cells, max_attempts, batch.finished)
 
     def cancel_requested(self, batch: Batch) -> bool:
-        fresh = self.batches.get(batch.id)
-        batch.cancel_requested = fresh.cancel_requested
-        return fresh.cancel_requested
+        batch.cancel_requested = self.batches.cancel_requested(batch.id)
+        return batch.cancel_requested
 
     def cancel_rest(self, batch: Batch) -> int:
         """Cancel every cell not yet finished: waiting ones at once, running ones at their
@@ -203,15 +220,8 @@ class BatchService:
     def progress(self, batch_id: str) -> dict[str, Any]:
         """The batch and, per variant combination, how many cells are in each state."""
         batch = self.batches.get(batch_id)
-        max_attempts = self.spec(batch).max_attempts
-        combos: dict[str, dict[str, int]] = {}
-        for cell in self.batches.cells(batch_id):
-            status = cell["status"]
-            if status == "failed" and cell["attempts"] < max_attempts and not batch.finished:
-                status = "retrying"
-            counts = combos.setdefault(cell["combo"], {})
-            counts[status] = counts.get(status, 0) + 1
-        return {"batch": batch.to_dict(), "combinations": combos}
+        return {"batch": batch.to_dict(), "combinations": _combinations(
+            self.batches.cells(batch_id), self.spec(batch).max_attempts, batch.finished)}
 
     # -- results ----------------------------------------------------------------------
 
@@ -223,3 +233,15 @@ class BatchService:
     def leaderboard(self, batch_id: str) -> list[Row]:
         return leaderboard(self.cell_results(batch_id))
 
+
+def _combinations(cells: list[dict[str, Any]], max_attempts: int, finished: bool
+                  ) -> dict[str, dict[str, int]]:
+    """Per variant combination, cells by state (failed ones with attempts left: retrying)."""
+    combos: dict[str, dict[str, int]] = {}
+    for cell in cells:
+        status = cell["status"]
+        if status == "failed" and cell["attempts"] < max_attempts and not finished:
+            status = "retrying"
+        counts = combos.setdefault(cell["combo"], {})
+        counts[status] = counts.get(status, 0) + 1
+    return combos

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from wtb_ray.domain.events import Event
@@ -46,8 +47,9 @@ class Batch:
         return Event(kind, "", None, None, data, batch_id=self.id)
 
     def to_dict(self, *, with_spec: bool = False) -> dict[str, Any]:
-        data = asdict(self)
-        if not with_spec:
-            data.pop("spec")
+        # Not dataclasses.asdict: it deep-copies the spec (every case) only to drop it.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+        if with_spec:
+            data["spec"] = copy.deepcopy(self.spec)
         data["running_or_pending"] = self.total - self.done
         return data

@@ -23,6 +23,7 @@ from wtb_ray.engine.loader import load_workflow, ref_of
 from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
 from wtb_ray.engine.state import TrackedState, as_state
 from wtb_ray.storage import compensation_sql, gc
+from wtb_ray.storage.queries import Head
 from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change, Committed, Store
 
@@ -321,12 +322,15 @@ class Bench:
                                   workspace=run.workspace)
 
     def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
-                     patch: Mapping[str, Any] | None = None, deadline: float | None = None
-                     ) -> tuple[Change, Callable[[Committed], Run]]:
+                     patch: Mapping[str, Any] | None = None, deadline: float | None = None,
+                     loaded: Head | None = None) -> tuple[Change, Callable[[Committed], Run]]:
         """The change that makes this process the runner of ``ex`` (start, resume or
-        recover), and what turns the committed change into a Run ready to drive."""
-        head = self.store.checkpoint(ex.head_checkpoint_id)
-        values, manifest, since_full = self.store.state_at(head.id)
+        recover), and what turns the committed change into a Run ready to drive.
+        ``loaded``: its head checkpoint and state, if the caller read them already."""
+        if loaded is None:
+            head = self.store.checkpoint(ex.head_checkpoint_id)
+            loaded = head, self.store.state_at(head.id)
+        head, (values, manifest, since_full) = loaded
         state = TrackedState(values, manifest, since_full)
         write = None
         if patch:

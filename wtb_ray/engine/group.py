@@ -17,6 +17,7 @@ from wtb_ray.domain.graph import Workflow
 from wtb_ray.engine.bench import Bench
 from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.runner import Run
+from wtb_ray.storage import queries
 
 CREATE_CHUNK = 500  # executions per transaction when a batch is persisted
 
@@ -55,8 +56,8 @@ def claim_many(bench: Bench, execution_ids: Sequence[str], *, takeover: bool = F
     caller knows their runner died). Returns the runs and, for the rest, why they were skipped.
     """
     planned, skipped = [], {}
-    for execution_id in execution_ids:
-        ex = bench.store.execution(execution_id)
+    for ex, loaded in bench.store.run(queries.heads, list(execution_ids)):
+        execution_id = ex.id
         action = claim_action(ex, takeover=takeover)
         if action is None:
             skipped[execution_id] = ex.status.value
@@ -66,7 +67,8 @@ def claim_many(bench: Bench, execution_ids: Sequence[str], *, takeover: bool = F
                 "recover": "execution.recovered"}[action]
         deadline = time.time() + timeout_s if timeout_s else None
         planned.append(bench.claim_change(ex, action, bench.workflow_for(ex),
-                                          [ex.event(kind, **data)], deadline=deadline))
+                                          [ex.event(kind, **data)], deadline=deadline,
+                                          loaded=loaded))
     runs = []
     outcomes = bench.store.commit_many([change for change, _ in planned])
     for (change, to_run), outcome in zip(planned, outcomes, strict=True):

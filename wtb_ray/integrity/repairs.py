@@ -47,7 +47,7 @@ def requeue_here(bench: Any) -> Requeue:
         for batch_id, ids in by_batch.items():
             batch = _batch_or_none(service, batch_id)
             if batch is not None:
-                report = service.run_chunk(batch, ids)
+                report = service.run_chunk(batch.id, ids)
                 statuses.update(report.statuses)
                 skipped.update(report.skipped)
             else:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -74,6 +73,14 @@ class Batches:
             if event is not None:
                 conn.execute(insert(outbox), rows.outbox_row(event))
 
+    def cancel_requested(self, batch_id: str) -> bool:
+        with self.store.read() as conn:
+            found = conn.execute(select(batches.c.cancel_requested)
+                                 .where(batches.c.id == batch_id)).first()
+        if found is None:
+            raise NotFound("batch", batch_id)
+        return bool(found[0])
+
     def request_cancel(self, batch_id: str) -> Batch:
         with self.store.write() as conn:
             done = conn.execute(update(batches).where(batches.c.id == batch_id)
@@ -92,12 +99,6 @@ class Batches:
             return [{"id": r.id, "status": r.status, "attempts": r.attempts,
                      "error": rows.loads(r.error), **json.loads(r.labels)}
                     for r in conn.execute(stmt)]
-
-    def status_counts(self, batch_id: str) -> Counter:
-        stmt = (select(executions.c.status, func.count()).where(
-            executions.c.batch_id == batch_id).group_by(executions.c.status))
-        with self.store.read() as conn:
-            return Counter(dict(conn.execute(stmt).all()))
 
     def save_results(self, results: list[dict[str, Any]]) -> None:
         """Upsert per-cell results (a cell evaluated again after a retry replaces its row)."""

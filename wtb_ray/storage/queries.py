@@ -102,6 +102,21 @@ def state_at(conn: Connection, checkpoint_id: int) -> tuple[dict[str, Any], dict
     return state, entries, since_full
 
 
+Head = tuple[Checkpoint, tuple[dict[str, Any], dict[str, str], int]]
+
+
+def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, Head]]:
+    """Each execution with its head checkpoint and the state there, in one transaction: an
+    executor claims a chunk of cells at once, and a transaction each cost it a fifth of its
+    time."""
+    found = []
+    for execution_id in execution_ids:
+        ex = execution(conn, execution_id)
+        head = checkpoint(conn, ex.head_checkpoint_id)
+        found.append((ex, (head, state_at(conn, head.id))))
+    return found
+
+
 def boundaries_of(conn: Connection, execution_id: str) -> list[NodeBoundary]:
     stmt = select(node_boundaries).where(node_boundaries.c.execution_id == execution_id)
     return [rows.boundary_from_row(r) for r in conn.execute(stmt.order_by(node_boundaries.c.id))]
