@@ -34,6 +34,8 @@ MAX_CHUNK_ERRORS = 5
 PIPELINE = 2  # chunks in flight per executor
 DRIVER_ATTEMPTS = 5
 WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most this often
+TALLY_S = 0.5  # progress counts are at most this old while chunks run...
+TALLY_SHARE = 10  # ...or 10 times the last recount's time: recounts take <= 1/10 of a CPU
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -159,6 +161,7 @@ class _BatchRun:
         self.queue: dict[str, deque[tuple[list[str], bool]]] = {}
         self.inflight: dict[asyncio.Future, tuple[str, Any, list[str]]] = {}
         self.errors = 0  # chunk errors in a row that were not an actor dying
+        self.next_tally = 0.0  # monotonic time of the next recount while chunks run
 
     @property
     def held(self) -> list[Any]:
@@ -189,9 +192,14 @@ class _BatchRun:
                 if self.inflight:
                     await self._collect()
                 self._release_idle()
-                batch, combinations = await asyncio.to_thread(svc.tally, batch)
-                self.owner.metrics.observe(self.batch_id, combinations)
                 idle = not self.inflight and not any(self.queue.values())
+                if idle or time.monotonic() >= self.next_tally:
+                    started = time.monotonic()
+                    batch, combinations = await asyncio.to_thread(svc.tally, batch)
+                    self.owner.metrics.observe(self.batch_id, combinations)
+                    # Recounting reads every cell: on a big batch, not after every chunk.
+                    took = time.monotonic() - started
+                    self.next_tally = time.monotonic() + max(TALLY_S, TALLY_SHARE * took)
                 if idle and not batch.finished and not await asyncio.to_thread(
                         svc.runnable, batch):
                     break  # only paused cells are left: they wait for a person

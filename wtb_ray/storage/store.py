@@ -225,7 +225,7 @@ class Store:
         now = time.time()
         outcomes: list[Committed | None] = []
         cur = dbapi.cursor()
-        dbapi.execute("BEGIN IMMEDIATE")
+        db.begin_immediate(dbapi)
         try:
             for change in changes:
                 if len(changes) > 1:
