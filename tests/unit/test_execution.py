@@ -44,3 +44,17 @@ def test_terminal_states_only_allow_rollback_from_completed():
 def test_errors_pickle_with_their_fields(error):
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and str(copy) == str(error) and copy.args == error.args
+
+
+def test_ids_sort_in_the_order_they_were_made_and_do_not_repeat():
+    from wtb_ray.domain.events import Event
+    from wtb_ray.domain.execution import new_id
+
+    made = [new_id() for _ in range(20_000)]
+    assert len(set(made)) == len(made)
+    assert all(len(i) == 20 and int(i, 16) >= 0 for i in made)
+    # Ids of different milliseconds sort by time (ids of one millisecond share a prefix).
+    assert [i[:11] for i in made] == sorted(i[:11] for i in made)
+    events = [Event("k", "x").id for _ in range(1000)]
+    assert len(set(events)) == 1000 and all(len(e) == 32 for e in events)
+    assert events[0][:11] <= events[-1][:11] and made[-1][:11] <= events[0][:11]
