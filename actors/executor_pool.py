@@ -54,7 +54,9 @@ class ExecutorPool:
             actor, _ = self.warm[env].pop()
             return actor
         if env in self.failed:
-            raise ExecutorStartError(str(self.failed.pop(env)))
+            error = self.failed.pop(env)
+            raise ExecutorStartError(f"an executor for runtime_env {runtime_env or {}} could "
+                                     f"not start: {type(error).__name__}: {error}")
         room = self._room()
         if room < 1 and any(self.warm.values()):
             self._kill_warm(lambda e, since: e != env)  # their CPUs go to this environment

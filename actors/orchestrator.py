@@ -34,6 +34,7 @@ MAX_CHUNK_ERRORS = 5
 PIPELINE = 2  # chunks in flight per executor
 DRIVER_ATTEMPTS = 5
 WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most this often
+ENV_START_TRIES = 3  # executors of one runtime_env that fail to start before its cells fail
 TALLY_S = 0.5  # progress counts are at most this old while chunks run...
 TALLY_SHARE = 10  # ...or 10 times the last recount's time: recounts take <= 1/10 of a CPU
 
@@ -162,6 +163,8 @@ class _BatchRun:
         self.inflight: dict[asyncio.Future, tuple[str, Any, list[str]]] = {}
         self.errors = 0  # chunk errors in a row that were not an actor dying
         self.next_tally = 0.0  # monotonic time of the next recount while chunks run
+        self.start_failures: dict[str, int] = {}  # env -> executors that failed to start
+        self.unstartable: dict[str, str] = {}  # env -> why its cells are to be failed
 
     @property
     def held(self) -> list[Any]:
@@ -189,6 +192,7 @@ class _BatchRun:
                 self._dispatch(envs, spec.parallelism)
                 if not self.inflight and any(self.queue.values()):
                     await self._await_executor(envs, spec.parallelism)
+                await self._reject_unstartable()
                 if self.inflight:
                     await self._collect()
                 self._release_idle()
@@ -215,14 +219,15 @@ class _BatchRun:
 
     def _dispatch(self, envs: dict[str, dict[str, Any]], parallelism: int) -> None:
         for env, chunks in self.queue.items():
-            while chunks:
+            while chunks and env not in self.unstartable:
                 try:
                     actor = self._actor(env, envs.get(env) or {}, parallelism)
-                except ExecutorStartError:
-                    self.errors += 1
-                    if self.errors >= MAX_CHUNK_ERRORS:
-                        raise  # not transient: stop here; a restart resumes the batch
-                    log.exception("batch %s: no executor could start", self.batch_id)
+                except ExecutorStartError as exc:
+                    failures = self.start_failures[env] = self.start_failures.get(env, 0) + 1
+                    log.error("batch %s: %s (%d of %d tries)", self.batch_id, exc, failures,
+                              ENV_START_TRIES)
+                    if failures >= ENV_START_TRIES:  # not transient: its cells cannot run
+                        self.unstartable[env] = str(exc)
                     break
                 if actor is None:
                     break
@@ -249,9 +254,20 @@ class _BatchRun:
         """Chunks wait and none runs: wait for the pool to hand out an executor. Waking is
         cheap (no database reads), as every waiting batch wakes whenever the pool changes."""
         deadline = time.monotonic() + WAIT_S
-        while not self.inflight and (left := deadline - time.monotonic()) > 0:
+        while not self.inflight and not self.unstartable and (
+                left := deadline - time.monotonic()) > 0:
             await self.pool.changed(left)
             self._dispatch(envs, parallelism)
+
+    async def _reject_unstartable(self) -> None:
+        """Fail the queued cells of environments whose executors fail to start every time."""
+        for env, why in list(self.unstartable.items()):
+            ids = [i for chunk, _ in self.queue.pop(env, ()) for i in chunk]
+            del self.unstartable[env]
+            if ids:
+                n = await asyncio.to_thread(self.service.reject, self.batch_id, ids,
+                                            "ExecutorStartError", why)
+                log.error("batch %s: %d cells failed: %s", self.batch_id, n, why)
 
     def _release_idle(self) -> None:
         """Give back the idle executors of groups with nothing queued: another group may be

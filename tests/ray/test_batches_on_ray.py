@@ -217,3 +217,26 @@ def test_batch_progress_is_exported_as_ray_metrics(ray_settings, ray_cluster):
                         if s.labels.get("batch") == batch_id}
         time.sleep(1)
     assert seen.get("completed") == 30 and seen.get("pending") == 0
+
+
+def test_cells_whose_runtime_env_cannot_be_set_up_fail_naming_it_and_the_rest_complete(
+        ray_settings, service):
+    spec = matrix_spec(variants={"c": ["alpha", "beta"]},
+                       runtime_env={"c=beta": {"pip": ["wtb-no-such-package==0.0.1"]}})
+    orchestrator, batch_id = submit(ray_settings, spec)
+    status = finish(orchestrator, batch_id, timeout=400)
+    assert status["batch"]["status"] == "completed"
+    assert (status["batch"]["completed"], status["batch"]["failed"]) == (5, 5)
+    results = service.batches.results(batch_id)
+    assert len(results) == 10  # every cell scored, the failed ones too
+    for row in results:
+        if json.loads(row["combo"])["c"] == "beta":
+            assert row["status"] == "failed" and not row["passed"]
+            assert row["error"].startswith("ExecutorStartError: an executor for runtime_env")
+            assert "wtb-no-such-package" in row["error"]
+        else:
+            assert row["status"] == "completed"
+    beta = [c for c in service.batches.cells(batch_id) if c["status"] == "failed"]
+    assert len(beta) == 5 and all(c["error"]["type"] == "ExecutorStartError" for c in beta)
+    history = [e.kind for e in service.bench.history(beta[0]["id"])]
+    assert "execution.started" not in history and history[-1] == "execution.failed"

@@ -27,6 +27,7 @@ from wtb_ray.engine.bench import Bench
 from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.loader import load_workflow
 from wtb_ray.storage.batches import Batches
+from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change
 
 SPECS_KEPT = 16  # parsed specs a process keeps (one per batch it works on)
@@ -198,6 +199,27 @@ class BatchService:
     def cancel_requested(self, batch: Batch) -> bool:
         batch.cancel_requested = self.batches.cancel_requested(batch.id)
         return batch.cancel_requested
+
+    def reject(self, batch_id: str, execution_ids: list[str], error_type: str,
+               message: str) -> int:
+        """Fail cells that cannot run at all (their runtime_env cannot be set up), with no
+        attempts left: the batch goes on and finishes, each of them naming the error."""
+        attempts = self.spec(batch_id).max_attempts
+        changes = []
+        for execution_id in execution_ids:
+            ex = self.bench.store.execution(execution_id)
+            if not ex.can("reject"):
+                continue  # it moved on (run, cancelled) meanwhile
+            ex.apply("reject")
+            error = {"node": None, "type": error_type, "message": message[-4000:],
+                     "attempts": attempts}
+            changes.append(Change(ex.id, [ex.event("execution.failed",
+                                                   error=f"{error_type}: {message[:500]}")],
+                                  {"status": ex.status.value, "error": dumps(error),
+                                   "attempts": max(ex.attempts, attempts)},
+                                  fence_version=ex.version))
+        outcomes = self.bench.store.commit_many(changes) if changes else []
+        return sum(not isinstance(o, Exception) for o in outcomes)
 
     def cancel_rest(self, batch: Batch) -> int:
         """Cancel every cell not yet finished: waiting ones at once, running ones at their

@@ -39,6 +39,8 @@ TRANSITIONS: dict[str, dict[Status, Status]] = {
     "recover": {R: R},
     "complete": {R: C},
     "fail": {R: F},
+    # A batch cell that cannot run at all (its runtime_env cannot be set up) fails unstarted.
+    "reject": {P: F, F: F},
     "stop": {P: X, R: X, Z: X, F: X, RB: X},
     # Rollback moves the head to an earlier checkpoint and leaves the run paused there. With
     # compensations to run it passes through ROLLING_BACK, where it stays until they all ran.
