@@ -59,6 +59,8 @@ def run_and_show(spec, settings: Settings, address: str | None, as_json: bool) -
         with Live(console=err, refresh_per_second=4, transient=False) as live:
             final = client.follow(orchestrator, batch_id,
                                   lambda p: live.update(progress_table(p)))
+        if not err.is_terminal:
+            err.print()  # off a terminal, Live leaves its last line unended
     import ray
 
     final["leaderboard"] = ray.get(orchestrator.leaderboard.remote(batch_id))
