@@ -176,7 +176,7 @@ class BatchService:
 
     def tally(self, batch: Batch) -> tuple[Batch, dict[str, dict[str, int]]]:
         """``refresh``, and how many cells of each variant combination are in each state,
-        from one read of the cells (the orchestrator does this after every chunk)."""
+        from one read of the cells (the orchestrator's recount while it drives a batch)."""
         cells = self.batches.cells(batch.id)
         max_attempts = self.spec(batch).max_attempts
         counts = Counter(c["status"] for c in cells)

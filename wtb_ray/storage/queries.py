@@ -105,13 +105,16 @@ def state_at(conn: Connection, checkpoint_id: int) -> tuple[dict[str, Any], dict
 Head = tuple[Checkpoint, tuple[dict[str, Any], dict[str, str], int]]
 
 
-def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, Head]]:
-    """Each execution with its head checkpoint and the state there, in one transaction: an
-    executor claims a chunk of cells at once, and a transaction each cost it a fifth of its
-    time."""
-    found = []
+def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, Head | None]]:
+    """Each execution with its head checkpoint and the state there (None if it has no head
+    yet), in one transaction: an executor claims a chunk of cells at once, and three
+    transactions per cell cost it a fifth of its time."""
+    found: list[tuple[Execution, Head | None]] = []
     for execution_id in execution_ids:
         ex = execution(conn, execution_id)
+        if ex.head_checkpoint_id is None:
+            found.append((ex, None))
+            continue
         head = checkpoint(conn, ex.head_checkpoint_id)
         found.append((ex, (head, state_at(conn, head.id))))
     return found
