@@ -82,3 +82,12 @@ def test_percentiles_interpolate():
     assert percentile([], 0.5) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile([5.0], 0.95) == 5.0
+
+
+def test_a_regex_search_that_runs_too_long_fails_its_check_instead_of_holding_the_executor(
+        monkeypatch):
+    monkeypatch.setattr(evaluators, "REGEX_TIMEOUT_S", 0.05)
+    spec = {"type": "regex", "key": "t", "pattern": r"(a|aa)+$"}  # exponential backtracking
+    scored = run(spec, {"t": "a" * 40 + "b"})
+    assert scored.checks["regex:t"] is False and scored.metrics["regex:t"] == 0.0
+    assert run(spec, {"t": "aaaa"}).checks["regex:t"] is True  # the same pattern, a quick text

@@ -6,16 +6,20 @@ when its execution completed and every evaluator with a criterion passed.
 
 from __future__ import annotations
 
+import logging
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from wtb_ray.batch.spec import Case, Evaluator
 from wtb_ray.domain.errors import InvalidInput
 
+log = logging.getLogger(__name__)
 _MISSING = object()
+REGEX_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,19 @@ def _compare(ev: Evaluator, state: Mapping[str, Any], case: Case) -> bool | None
 
 
 def _regex(ev: Evaluator, state: Mapping[str, Any], case: Case) -> bool:
+    """Whether the pattern matches; a search running past REGEX_TIMEOUT_S fails the check
+    (a pattern from an HTTP request must not hold an executor)."""
     pattern = ev.pattern if ev.pattern is not None else case.expected.get(ev.expected or "")
     if pattern is None:
         return False
-    flags = re.IGNORECASE if ev.ignore_case else 0
-    return re.search(pattern, _text(state.get(ev.key, ""), False), flags) is not None
+    flags = regex.IGNORECASE if ev.ignore_case else 0
+    try:
+        return regex.search(str(pattern), _text(state.get(ev.key, ""), False), flags,
+                            timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        log.warning("regex evaluator %s: %r ran past %s s on case %r; check failed",
+                    ev.label, pattern, REGEX_TIMEOUT_S, case.id)
+        return False
 
 
 def _limit(score: Score, name: str, value: float, maximum: float | None) -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -56,6 +56,15 @@ NoNul = AfterValidator(_no_nul)
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def check_pattern(value: str) -> None:
+    """Raise ValueError unless ``value`` compiles (with the ``regex`` library, which the
+    regex evaluator runs with a time limit)."""
+    try:
+        regex.compile(value)
+    except regex.error as exc:
+        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
 
 
 class Case(Strict):
@@ -90,10 +99,7 @@ class Evaluator(Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+            check_pattern(value)
         return value
 
     @model_validator(mode="after")
@@ -188,7 +194,25 @@ class BatchSpec(Strict):
                 if case.id in seen:
                     raise ValueError(f"cases: id {case.id!r} appears twice")
                 seen.add(case.id)
+            self._check_case_patterns()
         return self
+
+    def _check_case_patterns(self) -> None:
+        """Patterns a regex evaluator takes from the cases are checked now, not when the
+        first cell is scored."""
+        fields = {ev.expected for ev in self.evaluators
+                  if ev.type == "regex" and ev.pattern is None and ev.expected}
+        for i, case in enumerate(self.cases):
+            for name in sorted(fields & case.expected.keys()):
+                value = case.expected[name]
+                where = f"cases[{i}].expected.{name} (case {case.id!r})"
+                if not isinstance(value, str):
+                    raise ValueError(f"{where}: a regex evaluator needs a string pattern, "
+                                     f"not {type(value).__name__}")
+                try:
+                    check_pattern(value)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
 
     # -- derived ----------------------------------------------------------------------
 
