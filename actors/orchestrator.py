@@ -34,6 +34,7 @@ MAX_CHUNK_ERRORS = 5
 PIPELINE = 2  # chunks in flight per executor
 DRIVER_ATTEMPTS = 5
 WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most this often
+SWEEP_S = 5.0  # housekeeping: idle executors stopped, pending batches nobody handed over run
 ENV_START_TRIES = 3  # executors of one runtime_env that fail to start before its cells fail
 TALLY_S = 0.5  # progress counts are at most this old while chunks run...
 TALLY_SHARE = 10  # ...or 10 times the last recount's time: recounts take <= 1/10 of a CPU
@@ -59,15 +60,24 @@ class BatchOrchestrator:
     async def boot(self) -> bool:
         if not self.booted:
             self.booted = True
-            self.reaper = asyncio.create_task(self._reap())
+            self.housekeeper = asyncio.create_task(self._housekeeping())
             for batch in await asyncio.to_thread(self.service.batches.unfinished):
                 self._schedule(batch.id, takeover=True)
         return True
 
-    async def _reap(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Every SWEEP_S: stop executors idle too long, and pick up batches persisted but
+        never handed over (an API replica that died before its schedule call, or whose
+        call failed, leaves them pending with no one to drive them)."""
         while True:
-            await asyncio.sleep(5)
-            self.pool.reap()
+            await asyncio.sleep(SWEEP_S)
+            try:
+                self.pool.reap()
+                for batch_id in await asyncio.to_thread(self.service.batches.pending_ids):
+                    self._schedule(batch_id, takeover=False)
+            except Exception:  # the database is away, say: try again next round
+                log.exception("orchestrator housekeeping failed; trying again in %s s",
+                              SWEEP_S)
 
     async def schedule(self, *batch_ids: str) -> bool:
         """Run batches someone else persisted (the HTTP API does, to answer at once)."""

@@ -71,8 +71,8 @@ class Api:
     def schedule(self, batch_id: str) -> None:
         """Hand a persisted batch to the orchestrator, without waiting. Batches submitted
         close together go in one actor call: a call costs the replica about as much CPU as
-        persisting the batch. (Were this replica to die in those 20 ms, the batch would wait,
-        persisted, for the orchestrator's next boot, which reloads every unfinished batch.)"""
+        persisting the batch. (Were this replica to die in those 20 ms, or the call to fail,
+        the orchestrator's housekeeping picks the pending batch up within seconds.)"""
         with self._lock:
             self._to_schedule.append(batch_id)
             if self._scheduler is None:

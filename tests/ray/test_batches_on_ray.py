@@ -240,3 +240,16 @@ def test_cells_whose_runtime_env_cannot_be_set_up_fail_naming_it_and_the_rest_co
     assert len(beta) == 5 and all(c["error"]["type"] == "ExecutorStartError" for c in beta)
     history = [e.kind for e in service.bench.history(beta[0]["id"])]
     assert "execution.started" not in history and history[-1] == "execution.failed"
+
+
+def test_a_batch_persisted_but_never_handed_to_the_orchestrator_still_runs(ray_settings,
+                                                                            service):
+    orchestrator = get_or_create(ray_settings)
+    ray.get(orchestrator.boot.remote())
+    # As the HTTP API does, minus its schedule call: as if the replica died right after.
+    batch = service.submit(matrix_spec())
+    deadline = time.time() + 120
+    while service.batches.get(batch.id).status != "completed":
+        assert time.time() < deadline, service.progress(batch.id)
+        time.sleep(0.2)
+    check_matrix_results(service, batch.id)

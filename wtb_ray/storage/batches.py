@@ -63,6 +63,13 @@ class Batches:
                                                                              "running"))))
             return [_batch(r) for r in found.all()]
 
+    def pending_ids(self) -> list[str]:
+        """Batches not started yet, oldest first."""
+        stmt = (select(batches.c.id).where(batches.c.status == "pending")
+                .order_by(batches.c.created_at, batches.c.id))
+        with self.store.read() as conn:
+            return list(conn.execute(stmt).scalars())
+
     def save(self, batch: Batch, event: Event | None = None) -> None:
         """Write status and counts (the orchestrator is the only writer of these)."""
         batch.updated_at = time.time()
