@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray.util.metrics import Counter, Gauge
 
 STATUSES = ("pending", "running", "retrying", "completed", "failed", "cancelled", "paused")
+ACTIVE = ("pending", "running", "retrying", "paused")
 
 
 class BatchMetrics:
@@ -28,6 +29,13 @@ class BatchMetrics:
             if status in ("completed", "failed", "cancelled") and n > seen.get(status, 0):
                 self.finished.inc(n - seen.get(status, 0), tags={"status": status})
             seen[status] = n
+
+    def forget(self, batch_id: str) -> None:
+        """A batch no longer driven: once none of its cells can still finish (paused ones
+        can, when resumed), drop what was kept to count them."""
+        seen = self._seen.get(batch_id)
+        if seen is not None and not any(seen.get(s, 0) for s in ACTIVE):
+            del self._seen[batch_id]
 
     def set_active(self, n: int) -> None:
         self.active.set(n)

@@ -127,13 +127,20 @@ class BatchOrchestrator:
         return [r.to_dict() for r in rows]
 
     def _schedule(self, batch_id: str, *, takeover: bool) -> None:
-        if batch_id not in self.drivers or self.drivers[batch_id].done():
+        if batch_id not in self.drivers:
             self.drivers[batch_id] = asyncio.create_task(self._drive(batch_id, takeover))
-            self.metrics.set_active(sum(not t.done() for t in self.drivers.values()))
+            self.metrics.set_active(len(self.drivers))
 
     async def _drive(self, batch_id: str, takeover: bool) -> None:
-        async with self.turns:
-            await self._drive_now(batch_id, takeover)
+        try:
+            async with self.turns:
+                await self._drive_now(batch_id, takeover)
+        finally:
+            # Only batches being driven (or waiting their turn) stay: a long-lived
+            # orchestrator sees batches without end.
+            self.drivers.pop(batch_id, None)
+            self.metrics.forget(batch_id)
+            self.metrics.set_active(len(self.drivers))
 
     async def _drive_now(self, batch_id: str, takeover: bool) -> None:
         try:
@@ -152,7 +159,6 @@ class BatchOrchestrator:
                       batch_id)
         finally:
             self.runs.pop(batch_id, None)
-            self.metrics.set_active(sum(not t.done() for t in self.drivers.values()) - 1)
 
 
 class _BatchRun:

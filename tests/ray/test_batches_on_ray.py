@@ -219,6 +219,17 @@ def test_batch_progress_is_exported_as_ray_metrics(ray_settings, ray_cluster):
     assert seen.get("completed") == 30 and seen.get("pending") == 0
 
 
+def test_batch_metrics_keep_no_state_for_batches_that_cannot_change(ray_cluster):
+    from actors.metrics import BatchMetrics
+
+    metrics = BatchMetrics()
+    metrics.observe("done", {"{}": {"completed": 3, "failed": 1}})
+    metrics.observe("waiting", {"{}": {"completed": 1, "paused": 2}})
+    metrics.forget("done")
+    metrics.forget("waiting")  # its paused cells may still finish: counting goes on
+    assert set(metrics._seen) == {"waiting"}
+
+
 def test_cells_whose_runtime_env_cannot_be_set_up_fail_naming_it_and_the_rest_complete(
         ray_settings, service):
     spec = matrix_spec(variants={"c": ["alpha", "beta"]},
