@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -79,6 +80,7 @@ def wtb_rate(executions: int, workflow: str, parallelism: int, chunk: int) -> fl
     batch(parallelism * chunk)  # warm: every executor started, with the workflow imported
     elapsed = batch(executions)
     ray.kill(orchestrator)  # its executors go with it
+    shutil.rmtree(db.parent, ignore_errors=True)
     return executions / elapsed
 
 
@@ -114,6 +116,7 @@ def tune_rate(trials: int) -> float:
     results = tuner.fit()
     elapsed = time.perf_counter() - start
     assert len(results) == trials and not results.errors
+    shutil.rmtree(storage, ignore_errors=True)
     return trials / elapsed
 
 

@@ -67,6 +67,36 @@ def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(store, tmp_path):
     assert ws.snapshot() != first and ws.last_files_read == 1
 
 
+def test_a_patched_file_is_read_again_and_only_its_changed_chunk_hashed(store, tmp_path,
+                                                                          monkeypatch):
+    from wtb_ray.storage import codec
+    from wtb_ray.workspace import snapshot, tree
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    big = root / "weights.bin"
+    data = bytearray(os.urandom(3 * tree.CHUNK_SIZE))
+    big.write_bytes(data)
+    ws = Workspace(root, store)
+    ws.snapshot()
+    data[tree.CHUNK_SIZE + 10:tree.CHUNK_SIZE + 20] = b"0123456789"  # the middle chunk only
+    big.write_bytes(data)
+    hashed = []
+    real_digest = codec.digest
+    monkeypatch.setattr(snapshot.codec, "digest", lambda b: hashed.append(len(b)) or
+                        real_digest(b))
+    second = ws.snapshot()
+    assert ws.last_files_read == 1
+    assert hashed.count(tree.CHUNK_SIZE) == 1  # one chunk hashed (the rest: trees)
+    # Every chunk hash recorded is the hash of the bytes now there, whatever was reused.
+    chunks = [real_digest(bytes(data[i:i + tree.CHUNK_SIZE]))
+              for i in range(0, len(data), tree.CHUNK_SIZE)]
+    assert [p[1] for p in ws.index.quick["weights.bin"]] == chunks
+    copy = Workspace(tmp_path / "copy", store)
+    copy.restore(second)
+    assert (tmp_path / "copy" / "weights.bin").read_bytes() == bytes(data)
+
+
 def test_files_too_recent_to_trust_are_read_again(store, tmp_path):
     ws = Workspace(tmp_path / "ws", store)
     (tmp_path / "ws").mkdir()

@@ -5,6 +5,12 @@ entry is only kept if the file's mtime and ctime are older than a clock taken fr
 system itself (the mtime of a file WTB touches): a later write then always changes the mtime,
 even on file systems with coarse timestamps, so a "racily clean" file is read once more instead
 of being trusted. The index is a cache: losing it costs one read of every file.
+
+It also remembers, per file, each chunk's quick fingerprint (xxh3-128) beside its content
+hash (blake2b), whatever the file's age: a file that must be read again (it changed, or was
+too recent to trust) has only the chunks whose fingerprint changed hashed again. Patching
+a few bytes of a large file then costs a read of it, not a hash of all of it (xxh3 runs
+some ten times faster than blake2b here).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ class StatIndex:
     def __init__(self, root: Path) -> None:
         self.dir = root / RESERVED
         self.entries: dict[str, tuple[Key, list[str]]] = {}
+        self.quick: dict[str, list[list[str]]] = {}  # path -> [[fingerprint, hash] per chunk]
         self._saved: dict[str, tuple[Key, list[str]]] = {}
+        self._saved_quick: dict[str, list[list[str]]] = {}
 
     @classmethod
     def load(cls, root: Path) -> StatIndex:
@@ -35,9 +43,11 @@ class StatIndex:
         try:
             raw = json.loads((index.dir / "index").read_text())
             index.entries = {rel: (tuple(e[0]), e[1]) for rel, e in raw["entries"].items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            index.entries = {}  # absent or unreadable: every file is read once
-        index._saved = dict(index.entries)
+            index.quick = {rel: [list(p) for p in pairs]
+                           for rel, pairs in raw.get("quick", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            index.entries, index.quick = {}, {}  # absent or unreadable: every file is read
+        index._saved, index._saved_quick = dict(index.entries), dict(index.quick)
         return index
 
     def clock(self) -> int:
@@ -61,16 +71,27 @@ class StatIndex:
             return None
         return stat_key(st), chunks
 
-    def replace(self, entries: dict[str, tuple[Key, list[str]]]) -> None:
+    def known_hash(self, rel: str, i: int, fingerprint: str) -> str | None:
+        """The content hash of chunk ``i`` of ``rel`` if its fingerprint is the one seen."""
+        pairs = self.quick.get(rel)
+        if pairs is not None and i < len(pairs) and pairs[i][0] == fingerprint:
+            return pairs[i][1]
+        return None
+
+    def replace(self, entries: dict[str, tuple[Key, list[str]]],
+                quick: dict[str, list[list[str]]] | None = None) -> None:
         self.entries = entries
+        if quick is not None:
+            self.quick = quick
 
     def save(self) -> None:
-        if self.entries == self._saved:
+        if self.entries == self._saved and self.quick == self._saved_quick:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"index.{os.getpid()}.tmp"
         data: dict[str, Any] = {"v": 1, "entries": {r: [list(k), c]
-                                                    for r, (k, c) in self.entries.items()}}
+                                                    for r, (k, c) in self.entries.items()},
+                                "quick": self.quick}
         tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, self.dir / "index")
-        self._saved = dict(self.entries)
+        self._saved, self._saved_quick = dict(self.entries), dict(self.quick)

@@ -12,6 +12,8 @@ import stat
 import time
 from typing import Any
 
+import xxhash
+
 from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import tree
@@ -89,6 +91,7 @@ class Snapshot:
         self.uploader = uploader
         self.max_file_bytes = max_file_bytes
         self.fresh: dict[str, Any] = {}
+        self.quick: dict[str, list[list[str]]] = {}  # fingerprints of every file seen
         self.files_read = 0
 
     def run(self, inline: bool = False) -> tuple[str, list[tuple[str, str, int, bytes]]]:
@@ -98,7 +101,7 @@ class Snapshot:
         root = self._tree(self.root, "")
         rows = self.uploader.take_inline() if inline else []
         self.uploader.flush()
-        self.index.replace(self.fresh)
+        self.index.replace(self.fresh, self.quick)
         return root, rows
 
     def _tree(self, path: str, prefix: str) -> str:
@@ -135,12 +138,15 @@ class Snapshot:
         known = self.index.lookup(rel, st)
         if known is not None and all(c in self.uploader.known for c in known):
             self.fresh[rel] = self.index.entries[rel]
+            if rel in self.index.quick:
+                self.quick[rel] = self.index.quick[rel]
             return known
         limit = self.max_file_bytes
         if st.st_size > limit:
             raise WorkspaceError(rel, f"{st.st_size} bytes is over the size limit of {limit} "
                                       "bytes (WTB_WORKSPACE_MAX_FILE_BYTES)")
         chunks: list[str] = []
+        pairs: list[list[str]] = []
         read = 0
         with open(path, "rb") as f:
             while buf := f.read(tree.CHUNK_SIZE):
@@ -148,9 +154,12 @@ class Snapshot:
                 if read > limit:
                     raise WorkspaceError(rel, f"grew over the size limit of {limit} bytes "
                                               "while being read")
-                h = codec.digest(buf)
+                fingerprint = xxhash.xxh3_128_hexdigest(buf)
+                h = self.index.known_hash(rel, len(chunks), fingerprint) or codec.digest(buf)
                 chunks.append(h)
+                pairs.append([fingerprint, h])
                 self.uploader.add(h, buf)
+        self.quick[rel] = pairs
         self.files_read += 1
         entry = StatIndex.entry(st, chunks, self.clock)
         if entry is not None:
