@@ -15,6 +15,8 @@ alternating order), and ratios are medians of per-round ratios:
 * fork + restore: `bench.fork(..., run=False)`, which writes the fork's workspace directory
   from the store / that round's `cp -r` time.
 
+The copy and the fork each start after `sync` (nothing left to write back from before).
+
 Targets: checkpoint <= 0.1x, fork bytes <= 0.05x, fork + restore <= 1.0x. The last line is JSON.
 
     python bench/fork_cost.py [--sizes-mb 10 200] [--steps 5] [--rounds 3]
@@ -127,9 +129,16 @@ def db_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def settle() -> None:
+    """Write back what earlier steps left dirty, so that a timed copy or fork does not pay
+    for the other's writeback (on a small VM that dominated either figure by turns)."""
+    os.sync()
+
+
 def cp_time(src: Path, dst: Path) -> float:
     if dst.exists():
         shutil.rmtree(dst)
+    settle()
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
     return time.perf_counter() - t0
@@ -162,6 +171,7 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
 
         def fork(r=r, n=n, origin=ex.id):
             before = db_bytes(db)
+            settle()
             t0 = time.perf_counter()
             f = bench.fork(origin, run=False, patch={"until": n + 1, "tag": f"f{r}"})
             elapsed = time.perf_counter() - t0

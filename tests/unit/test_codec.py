@@ -34,3 +34,35 @@ def test_pack_compresses_only_when_it_pays():
     kind, payload = codec.pack(big)
     assert kind == "z" and len(payload) < len(big) / 5
     assert codec.unpack(kind, payload) == big
+
+
+def test_chunks_are_named_by_blake3_and_older_blake2b_names_still_match():
+    data = b"a workspace chunk" * 1000
+    import blake3
+
+    assert codec.chunk_digest(data) == blake3.blake3(data).hexdigest(16)
+    assert len(codec.chunk_digest(data)) == 32
+    assert codec.chunk_matches(codec.chunk_digest(data), data)
+    assert codec.chunk_matches(codec.digest(data), data)  # a store written before BLAKE3
+    assert not codec.chunk_matches(codec.chunk_digest(data), data + b"!")
+    assert not codec.chunk_matches(codec.digest(data), data[:-1])
+
+
+def test_tree_objects_are_the_canonical_json_of_codec_encode():
+    """Trees are written with orjson for speed; their bytes (hence their hashes) must be
+    those ``codec.encode`` gives, whatever the file names."""
+    import random
+
+    from wtb_ray.workspace import tree
+
+    rng = random.Random(7)
+    alphabet = [chr(i) for i in range(1, 0x300)] + ["\u2028", "\ufeff", "日本", "\U0001F600"]
+    for _ in range(2000):
+        entries = {"".join(rng.choices(alphabet, k=rng.randint(1, 6))):
+                   rng.choice([["f", rng.randint(0, 0o7777), rng.randint(0, 2**40),
+                                [f"{rng.getrandbits(128):032x}"] * rng.randint(0, 2)],
+                               ["d", f"{rng.getrandbits(128):032x}"], ["l", "../x y"]])
+                   for _ in range(rng.randint(0, 6))}
+        h, data = tree.encode(entries)
+        assert data == codec.encode(entries) and h == codec.digest(data)
+        assert tree.decode(data) == entries

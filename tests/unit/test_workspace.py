@@ -82,12 +82,12 @@ def test_a_patched_file_is_read_again_and_only_its_changed_chunk_hashed(store, t
     data[tree.CHUNK_SIZE + 10:tree.CHUNK_SIZE + 20] = b"0123456789"  # the middle chunk only
     big.write_bytes(data)
     hashed = []
-    real_digest = codec.digest
-    monkeypatch.setattr(snapshot.codec, "digest", lambda b: hashed.append(len(b)) or
+    real_digest = codec.chunk_digest
+    monkeypatch.setattr(snapshot.codec, "chunk_digest", lambda b: hashed.append(len(b)) or
                         real_digest(b))
     second = ws.snapshot()
     assert ws.last_files_read == 1
-    assert hashed.count(tree.CHUNK_SIZE) == 1  # one chunk hashed (the rest: trees)
+    assert hashed == [tree.CHUNK_SIZE]  # the changed chunk, and only it
     # Every chunk hash recorded is the hash of the bytes now there, whatever was reused.
     chunks = [real_digest(bytes(data[i:i + tree.CHUNK_SIZE]))
               for i in range(0, len(data), tree.CHUNK_SIZE)]
@@ -225,3 +225,77 @@ def test_a_restore_copies_from_a_source_only_what_its_index_vouches_for(store, t
     fork.restore(tree, sources=[str(origin)])
     for name in ("same.txt", "edited.txt", "gone.txt"):
         assert (tmp_path / "fork" / name).read_text() == f"{name} at the checkpoint\n"
+
+
+def test_an_unchanged_directory_keeps_its_tree_without_encoding_it_again(store, tmp_path,
+                                                                         monkeypatch):
+    from wtb_ray.workspace import snapshot
+
+    root = tmp_path / "ws"
+    for d in ("a", "b", "b/c"):
+        (root / d).mkdir(parents=True)
+        (root / d / "f.txt").write_text(f"{d}\n")
+    age(*[p for p in root.rglob("*") if p.is_file()])
+    ws = Workspace(root, store)
+    ws.snapshot()
+    encoded = []
+    real = snapshot.tree.encode
+    monkeypatch.setattr(snapshot.tree, "encode", lambda e: encoded.append(sorted(e)) or real(e))
+    (root / "b" / "c" / "f.txt").write_text("changed\n")
+    second = ws.snapshot()
+    # Only the trees on the changed file's path: b/c, b and the root (not a). (age() left
+    # its clock probe in the root.)
+    assert encoded == [["f.txt"], ["c", "f.txt"], ["a", "b", "clock-probe"]]
+    # The hashes are those a snapshot with no memory of earlier ones gives.
+    monkeypatch.setattr(snapshot.tree, "encode", real)
+    fresh = Workspace(root, store)
+    (root / ".wtb" / "index").unlink()
+    assert fresh.snapshot() == second
+
+
+def test_a_tree_with_blake2b_chunk_names_restores_and_is_recognised(store, tmp_path,
+                                                                     monkeypatch):
+    """Stores written before chunks were named by BLAKE3: their trees still restore, and a
+    directory already holding their files (unknown to its index) is left alone."""
+    from wtb_ray.storage import codec
+
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / "a.bin").write_bytes(os.urandom(300_000))
+    (root / "b.txt").write_text("text\n")
+    monkeypatch.setattr(codec, "chunk_digest", codec.digest)
+    old_tree = Workspace(root, store).snapshot()
+    monkeypatch.undo()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("a.bin", "b.txt"):
+        (copy / name).write_bytes((root / name).read_bytes())
+    inodes = {p.name: p.stat().st_ino for p in copy.iterdir()}
+    Workspace(copy, store).restore(old_tree)
+    assert {p.name: p.stat().st_ino for p in copy.iterdir() if p.is_file()} == inodes
+    empty = Workspace(tmp_path / "fresh", store)
+    empty.restore(old_tree)
+    for name in ("a.bin", "b.txt"):
+        assert (tmp_path / "fresh" / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_a_restore_into_a_new_directory_makes_nested_empty_and_linked_directories(
+        store, tmp_path):
+    origin = tmp_path / "origin"
+    (origin / "x" / "y" / "z").mkdir(parents=True)
+    (origin / "empty" / "inner").mkdir(parents=True)
+    (origin / "links").mkdir()
+    (origin / "x" / "y" / "z" / "deep.txt").write_text("deep\n")
+    (origin / "x" / "top.txt").write_text("top\n")
+    os.symlink("../x/top.txt", origin / "links" / "to-top")
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    for sources in (None, [str(origin)]):
+        dest = tmp_path / f"fork-{bool(sources)}"
+        Workspace(dest, store).restore(tree, sources=sources)
+        assert (dest / "x" / "y" / "z" / "deep.txt").read_text() == "deep\n"
+        assert (dest / "empty" / "inner").is_dir()
+        assert os.readlink(dest / "links" / "to-top") == "../x/top.txt"
+        assert (dest / "links" / "to-top").read_text() == "top\n"
+        assert Workspace(dest, store).snapshot() == tree

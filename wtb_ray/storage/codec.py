@@ -13,6 +13,8 @@ import threading
 import zlib
 from typing import Any
 
+import blake3
+
 _ALLOWED = "dict, list, tuple, str, int, float, bool or None"
 _COMPRESS_FROM = 256  # bytes; smaller values rarely shrink enough to pay for the CPU
 
@@ -65,6 +67,19 @@ def inline_value(entry: str) -> Any:
 def digest(data: bytes) -> str:
     """Content address: 128-bit BLAKE2b, hex."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def chunk_digest(data: bytes | memoryview) -> str:
+    """Content address of a workspace file chunk: 128-bit BLAKE3, hex. Chunks are most of
+    the bytes a checkpoint hashes, and BLAKE3 hashes them several times faster than BLAKE2b
+    (SIMD across its internal blocks). Stores written before it name chunks by ``digest``:
+    use ``chunk_matches`` to compare bytes with a stored chunk's address."""
+    return blake3.blake3(data).hexdigest(16)
+
+
+def chunk_matches(address: str, data: bytes | memoryview) -> bool:
+    """Whether ``data`` is the chunk named ``address`` (by either algorithm)."""
+    return chunk_digest(data) == address or digest(data) == address
 
 
 def pack(data: bytes) -> tuple[str, bytes]:

@@ -13,7 +13,7 @@ from typing import Any
 from wtb_ray.workspace.ignore import IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
-from wtb_ray.workspace.snapshot import Snapshot, Uploader
+from wtb_ray.workspace.snapshot import Snapshot, Trees, Uploader
 from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
 
 
@@ -33,6 +33,7 @@ class Workspace:
         self.known: set[str] = set()
         self.reader = TreeReader(store)
         self._index: StatIndex | None = None
+        self._trees: Trees = {}  # the last snapshot's directories (a memo of their hashes)
         self.last_files_read = 0
 
     @property
@@ -56,7 +57,7 @@ class Workspace:
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
         self.path.mkdir(parents=True, exist_ok=True)
         snap = Snapshot(str(self.path), self.rules, self.index, Uploader(self.store, self.known),
-                        self.max_file_bytes)
+                        self.max_file_bytes, self._trees)
         result = snap.run(inline)
         self.last_files_read = snap.files_read
         return result

@@ -15,10 +15,11 @@ some ten times faster than blake2b here).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from wtb_ray.workspace.ignore import RESERVED
 
@@ -41,10 +42,14 @@ class StatIndex:
     def load(cls, root: Path) -> StatIndex:
         index = cls(root)
         try:
-            raw = json.loads((index.dir / "index").read_text())
+            raw = orjson.loads((index.dir / "index").read_bytes())
             index.entries = {rel: (tuple(e[0]), e[1]) for rel, e in raw["entries"].items()}
-            index.quick = {rel: [list(p) for p in pairs]
-                           for rel, pairs in raw.get("quick", {}).items()}
+            index.quick = raw.get("quick", {})  # [[fingerprint, hash], ...] per path
+            if not isinstance(index.quick, dict) or not all(
+                    isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2
+                                                    for p in pairs)
+                    for pairs in index.quick.values()):
+                raise TypeError("malformed fingerprints")
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             index.entries, index.quick = {}, {}  # absent or unreadable: every file is read
         index._saved, index._saved_quick = dict(index.entries), dict(index.quick)
@@ -92,6 +97,6 @@ class StatIndex:
         data: dict[str, Any] = {"v": 1, "entries": {r: [list(k), c]
                                                     for r, (k, c) in self.entries.items()},
                                 "quick": self.quick}
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp.write_bytes(orjson.dumps(data))
         os.replace(tmp, self.dir / "index")
         self._saved, self._saved_quick = dict(self.entries), dict(self.quick)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,18 @@ from wtb_ray.workspace.index import StatIndex, stat_key
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The process's restore threads, started once (a fork or rollback should not pay for
+    starting threads), and again in a child process (which inherits none of them)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(WORKERS, thread_name_prefix="wtb-restore"))
+        return _pool[1]
 
 
 class Restore:
@@ -39,7 +52,12 @@ class Restore:
         self.store = store
         self.fresh: dict[str, Any] = {}
         self.writes: list[tuple[str, str, list[Any]]] = []  # (path, rel, entry)
-        self.touched: list[tuple[str, str, list[str]]] = []  # written or chmod-ed: re-stat
+        self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
+        # Files written, with their stat taken before closing them (by the writing thread).
+        self.written: list[tuple[str, list[str], os.stat_result]] = []
+        # Directories the tree has and the disk lacks, made by the threads that write their
+        # files (creating a directory costs about as much as a small file): parents first.
+        self.new_dirs: list[str] = []
         self.removed = 0
 
     def run(self, root_tree: str) -> None:
@@ -47,16 +65,20 @@ class Restore:
         self._sync(self.root, "", self.reader.get(root_tree))
         self._write_files()
         clock = self.index.clock()  # after every write: the files we wrote can be trusted
-        for path, rel, chunks in self.touched:
-            entry = StatIndex.entry(os.lstat(path), chunks, clock)
+        stats = [(rel, chunks, os.lstat(path)) for path, rel, chunks in self.touched]
+        for rel, chunks, st in self.written + stats:
+            entry = StatIndex.entry(st, chunks, clock)
             if entry is not None:
                 self.fresh[rel] = entry
         self.index.replace(self.fresh)
         self.index.save()
 
-    def _sync(self, path: str, prefix: str, entries: tree.Entries) -> None:
-        with os.scandir(path) as it:
-            present = {e.name: e for e in it}
+    def _sync(self, path: str, prefix: str, entries: tree.Entries, new: bool = False) -> None:
+        """``new``: ``path`` is yet to be made (it holds nothing)."""
+        present: dict[str, os.DirEntry[str]] = {}
+        if not new:
+            with os.scandir(path) as it:
+                present = {e.name: e for e in it}
         for name, item in present.items():
             if name in entries:
                 continue
@@ -73,13 +95,15 @@ class Restore:
                     os.unlink(target)
                     st = None
                 if st is None:
-                    os.mkdir(target)
-                self._sync(target, rel + "/", self.reader.get(entry[1]))
+                    self.new_dirs.append(target)
+                self._sync(target, rel + "/", self.reader.get(entry[1]), new=st is None)
             elif kind == "l":
                 if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(target) == entry[1]:
                     continue
                 if st is not None:
                     self._clear(target, st)
+                if new:
+                    os.makedirs(path, exist_ok=True)
                 os.symlink(entry[1], target)
             elif st is not None and stat.S_ISREG(st.st_mode) and self._same(target, rel, st,
                                                                             entry):
@@ -100,10 +124,14 @@ class Restore:
         if st.st_size != entry[2]:
             return False
         with open(path, "rb") as f:  # unknown to the index: hashing beats rewriting
-            ok = [codec.digest(b) for b in iter(lambda: f.read(tree.CHUNK_SIZE), b"")] == entry[3]
-        if ok:
-            self.touched.append((path, rel, entry[3]))
-        return ok
+            for c in entry[3]:
+                data = f.read(tree.CHUNK_SIZE)
+                if not data or not codec.chunk_matches(c, data):
+                    return False
+            if f.read(1):
+                return False
+        self.touched.append((path, rel, entry[3]))
+        return True
 
     def _clear(self, path: str, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
@@ -128,18 +156,26 @@ class Restore:
     def _write_files(self) -> None:
         """Copy what local sources vouch for, then write the rest from the store, both on
         WORKERS threads (copies, decompression and writes release the GIL)."""
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="wtb-restore") as pool:
-            writes = self.writes
-            if self.sources:
-                # One task per directory: creating files in one directory from several
-                # threads only queues them on the directory's lock.
-                groups: dict[str, list[tuple[str, str, list[Any]]]] = {}
-                for w in writes:
-                    groups.setdefault(os.path.dirname(w[0]), []).append(w)
-                left = pool.map(lambda group: [w for w in group if not self._copy_local(*w)],
-                                groups.values())
-                writes = [w for group in left for w in group]
-            self._write_from_store(pool, writes)
+        pool = _workers()
+        writes = self.writes
+        if self.sources:
+            # One task per directory: creating files in one directory from several
+            # threads only queues them on the directory's lock.
+            groups: dict[str, list[tuple[str, str, list[Any]]]] = {}
+            for w in writes:
+                groups.setdefault(os.path.dirname(w[0]), []).append(w)
+            left = pool.map(self._copy_group, groups.items())
+            writes = [w for group in left for w in group]
+        for path in self.new_dirs:  # those no copy made (empty, or written from the store)
+            os.makedirs(path, exist_ok=True)
+        self._write_from_store(pool, writes)
+
+    def _copy_group(self, group: tuple[str, list[tuple[str, str, list[Any]]]]
+                    ) -> list[tuple[str, str, list[Any]]]:
+        """Copy one directory's files from local sources; those no source had."""
+        directory, writes = group
+        os.makedirs(directory, exist_ok=True)
+        return [w for w in writes if not self._copy_local(*w)]
 
     def _copy_local(self, path: str, rel: str, entry: list[Any]) -> bool:
         for root, index in self.sources:
@@ -150,13 +186,13 @@ class Restore:
             try:
                 if stat_key(os.lstat(src)) != known[0]:
                     continue
-                _copy_file(src, path, entry[1])
+                st = _copy_file(src, path, entry[1])
                 if stat_key(os.lstat(src)) != known[0]:  # changed while we copied
                     os.unlink(path)
                     continue
             except OSError:
                 continue
-            self._done(path, rel, entry)
+            self.written.append((rel, entry[3], st))
             return True
         return False
 
@@ -201,9 +237,9 @@ class Restore:
         try:
             for c in entry[3]:
                 _write_all(fd, codec.unpack(*data[c]))
+            self.written.append((rel, entry[3], os.fstat(fd)))
         finally:
             os.close(fd)
-        self._done(path, rel, entry)
 
     def _write_big(self, path: str, rel: str, entry: list[Any]) -> None:
         chunks = entry[3]
@@ -215,12 +251,9 @@ class Restore:
                 data = self._fetch(set(part))
                 for c in part:
                     _write_all(fd, codec.unpack(*data[c]))
+            self.written.append((rel, entry[3], os.fstat(fd)))
         finally:
             os.close(fd)
-        self._done(path, rel, entry)
-
-    def _done(self, path: str, rel: str, entry: list[Any]) -> None:
-        self.touched.append((path, rel, entry[3]))
 
 
 def _create(path: str, mode: int) -> int:
@@ -238,8 +271,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _copy_file(src: str, dst: str, mode: int) -> None:
-    """Copy in the kernel (copy_file_range, as `cp` does), falling back to a read loop."""
+def _copy_file(src: str, dst: str, mode: int) -> os.stat_result:
+    """Copy in the kernel (copy_file_range, as `cp` does), falling back to a read loop;
+    the copy's stat."""
     fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fo = _create(dst, mode)
@@ -253,6 +287,7 @@ def _copy_file(src: str, dst: str, mode: int) -> None:
                 os.ftruncate(fo, 0)
                 while buf := os.read(fi, 1 << 20):
                     _write_all(fo, buf)
+            return os.fstat(fo)
         finally:
             os.close(fo)
     finally:

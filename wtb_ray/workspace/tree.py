@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
 
@@ -25,8 +27,15 @@ Entries = dict[str, list[Any]]
 
 
 def encode(entries: Entries) -> tuple[str, bytes]:
-    data = codec.encode(entries)
+    """(hash, bytes) of a tree object. orjson writes the same canonical JSON as
+    ``codec.encode`` for trees (string keys sorted by code point, UTF-8, no spaces; a test
+    holds the two equal) some ten times faster: a checkpoint encodes every changed directory."""
+    data = orjson.dumps(entries, option=orjson.OPT_SORT_KEYS)
     return codec.digest(data), data
+
+
+def decode(data: bytes) -> Entries:
+    return orjson.loads(data)
 
 
 def content_id(entry: list[Any]) -> str:
@@ -52,7 +61,7 @@ class TreeReader:
             if tree not in found:
                 raise StorageError(f"workspace tree {tree} is missing from the store")
             for h, data in found.items():
-                self._cache[h] = codec.decode(data)
+                self._cache[h] = decode(data)
             self._wanted -= found.keys()
         entries = self._cache[tree]
         # Subtrees are fetched with the next miss: one query per level, not per directory.
