@@ -299,3 +299,24 @@ def test_a_restore_into_a_new_directory_makes_nested_empty_and_linked_directorie
         assert os.readlink(dest / "links" / "to-top") == "../x/top.txt"
         assert (dest / "links" / "to-top").read_text() == "top\n"
         assert Workspace(dest, store).snapshot() == tree
+
+
+def test_restored_files_get_their_modes_whatever_the_umask(store, tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    modes = {"run.sh": 0o755, "notes.txt": 0o644, "secret": 0o600, "tool": 0o4711}
+    for name, mode in modes.items():
+        (origin / name).write_bytes(name.encode() * 1000)
+        os.chmod(origin / name, mode)
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    old = os.umask(0o077)
+    try:
+        for sources in (None, [str(origin)]):  # written from the store, copied locally
+            dest = tmp_path / f"restored-{bool(sources)}"
+            Workspace(dest, store).restore(tree, sources=sources)
+            got = {p.name: p.stat().st_mode & 0o7777 for p in dest.iterdir() if p.is_file()}
+            assert got == modes
+    finally:
+        os.umask(old)

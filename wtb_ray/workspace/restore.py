@@ -22,7 +22,7 @@ from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import tree
 from wtb_ray.workspace.ignore import IgnoreRules
-from wtb_ray.workspace.index import StatIndex, stat_key
+from wtb_ray.workspace.index import Key, StatIndex, stat_key
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
@@ -182,18 +182,13 @@ class Restore:
             known = index.entries.get(rel)
             if known is None or known[1] != entry[3]:
                 continue
-            src = os.path.join(root, rel)
             try:
-                if stat_key(os.lstat(src)) != known[0]:
-                    continue
-                st = _copy_file(src, path, entry[1])
-                if stat_key(os.lstat(src)) != known[0]:  # changed while we copied
-                    os.unlink(path)
-                    continue
+                st = _copy_file(os.path.join(root, rel), path, entry[1], known[0])
             except OSError:
                 continue
-            self.written.append((rel, entry[3], st))
-            return True
+            if st is not None:
+                self.written.append((rel, entry[3], st))
+                return True
         return False
 
     def _write_from_store(self, pool: ThreadPoolExecutor,
@@ -237,7 +232,7 @@ class Restore:
         try:
             for c in entry[3]:
                 _write_all(fd, codec.unpack(*data[c]))
-            self.written.append((rel, entry[3], os.fstat(fd)))
+            self.written.append((rel, entry[3], _finish(fd, entry[1])))
         finally:
             os.close(fd)
 
@@ -251,18 +246,26 @@ class Restore:
                 data = self._fetch(set(part))
                 for c in part:
                     _write_all(fd, codec.unpack(*data[c]))
-            self.written.append((rel, entry[3], os.fstat(fd)))
+            self.written.append((rel, entry[3], _finish(fd, entry[1])))
         finally:
             os.close(fd)
 
 
 def _create(path: str, mode: int) -> int:
-    """A new file with its final permission bits, set at creation when the umask allows
-    (no second metadata update per file), else fixed afterwards."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
-    if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+    """A new file, with its final permission bits if the umask lets them through (``_finish``
+    checks)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
+
+
+def _finish(fd: int, mode: int) -> os.stat_result:
+    """The written file's stat, its permission bits set if the umask masked some. After the
+    writes: a write clears set-user-ID bits. One fstat per file in the common case (a fork
+    writes thousands of files; every system call counts)."""
+    st = os.fstat(fd)
+    if stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
-    return fd
+        st = os.fstat(fd)
+    return st
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -271,24 +274,40 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _copy_file(src: str, dst: str, mode: int) -> os.stat_result:
-    """Copy in the kernel (copy_file_range, as `cp` does), falling back to a read loop;
-    the copy's stat."""
+def _copy_file(src: str, dst: str, mode: int, key: Key) -> os.stat_result | None:
+    """Copy ``src`` if it still is the file whose stat key is ``key`` (before and after the
+    copy); the copy's stat, or None (nothing left at ``dst``)."""
     fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
+        if stat_key(os.fstat(fi)) != key:
+            return None
         fo = _create(dst, mode)
         try:
-            try:
-                while os.copy_file_range(fi, fo, 1 << 30):
-                    pass
-            except OSError:  # not supported here (another file system, an old kernel)
-                os.lseek(fi, 0, os.SEEK_SET)
-                os.lseek(fo, 0, os.SEEK_SET)
-                os.ftruncate(fo, 0)
-                while buf := os.read(fi, 1 << 20):
-                    _write_all(fo, buf)
-            return os.fstat(fo)
-        finally:
+            _copy_bytes(fi, fo, key[0])
+            st = _finish(fo, mode)
+        except BaseException:
             os.close(fo)
+            os.unlink(dst)
+            raise
+        os.close(fo)
+        if stat_key(os.fstat(fi)) != key:  # changed while we copied
+            os.unlink(dst)
+            return None
+        return st
     finally:
         os.close(fi)
+
+
+def _copy_bytes(fi: int, fo: int, size: int) -> None:
+    """Copy ``size`` bytes in the kernel (copy_file_range, as `cp` does), else by a read
+    loop. A source that changed meanwhile is caught by the caller's second stat."""
+    try:
+        left = size
+        while left > 0 and (n := os.copy_file_range(fi, fo, min(left, 1 << 30))):
+            left -= n
+    except OSError:  # not supported here (another file system, an old kernel)
+        os.lseek(fi, 0, os.SEEK_SET)
+        os.lseek(fo, 0, os.SEEK_SET)
+        os.ftruncate(fo, 0)
+        while buf := os.read(fi, 1 << 20):
+            _write_all(fo, buf)
