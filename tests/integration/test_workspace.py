@@ -100,6 +100,26 @@ def test_resume_continues_from_the_head_files(make_bench, tmp_path):
     assert picture(ws) == pictures[head]
 
 
+def test_a_run_leaves_its_stat_index_for_the_next_resume_or_fork(make_bench, tmp_path):
+    """The index the run's checkpoints built is saved when the run stops: the next resume
+    or fork knows every file's bytes without reading them from the store."""
+    from wtb_ray.workspace import TreeReader
+    from wtb_ray.workspace.index import StatIndex
+
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = run_recording(bench, ws, break_after=["modify"])
+    assert ex.status is Status.PAUSED
+    index = StatIndex.load(ws)
+    on_disk = {str(p.relative_to(ws)) for p in ws.rglob("*")
+               if p.is_file() and not p.is_symlink() and ".wtb" not in p.parts}
+    assert on_disk and set(index.quick) == on_disk
+    head = bench.store.checkpoint(bench.get(ex.id).head_checkpoint_id)
+    files = {path: entry[3] for path, entry in TreeReader(bench.store).walk(
+        head.workspace_tree) if entry[0] == "f"}
+    assert {rel: [h for _, h in pairs] for rel, pairs in index.quick.items()} == files
+
+
 def test_a_fork_gets_a_workspace_of_its_own(make_bench, tmp_path):
     bench = make_bench()
     ws = tmp_path / "ws"

@@ -320,3 +320,35 @@ def test_restored_files_get_their_modes_whatever_the_umask(store, tmp_path):
             assert got == modes
     finally:
         os.umask(old)
+
+
+def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprints(
+        store, tmp_path, monkeypatch):
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    future = time.time_ns() + 3600 * 10**9  # later than any clock: never vouched for by stat
+    for name in ("kept.bin", "edited.bin"):
+        (origin / name).write_bytes(os.urandom(300_000))
+        os.utime(origin / name, ns=(future, future))
+    checkpoint = {name: (origin / name).read_bytes() for name in ("kept.bin", "edited.bin")}
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    assert not ws.index.entries and set(ws.index.quick) == {"kept.bin", "edited.bin"}
+    with open(origin / "edited.bin", "r+b") as f:  # same size, same mtime, other bytes
+        f.seek(200_000)
+        f.write(b"changed after the checkpoint")
+    os.utime(origin / "edited.bin", ns=(future, future))
+    fetched = []
+    real_fetch = restore.Restore._fetch
+    monkeypatch.setattr(restore.Restore, "_fetch",
+                        lambda self, hashes: fetched.append(set(hashes)) or
+                        real_fetch(self, hashes))
+    fork = Workspace(tmp_path / "fork", store)
+    fork.restore(tree, sources=[str(origin)])
+    for name, data in checkpoint.items():
+        assert (tmp_path / "fork" / name).read_bytes() == data
+    # kept.bin was copied; only edited.bin's chunks came from the store.
+    edited = {c for e in [fork.reader.get(tree)["edited.bin"]] for c in e[3]}
+    assert fetched and set().union(*fetched) == edited

@@ -14,6 +14,7 @@ before its execution's next node starts, at a fraction of the transactions.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import traceback
 from collections import ChainMap
@@ -34,6 +35,8 @@ from wtb_ray.latency import Latency
 from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change, Committed, Store
 from wtb_ray.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 RELEASE = {"lease_owner": None, "lease_expires_at": None, "control": None}
 _FINAL = {"pause": Status.PAUSED, "complete": Status.COMPLETED, "stop": Status.CANCELLED,
@@ -99,6 +102,8 @@ class Runner:
                     "execution.paused", None, run.cursor.checkpoint_id, reason="interrupted"))
                 after(self.store.commit(change))
                 raise
+            finally:
+                _save_index(run)
 
     def drive_group(self, runs: list[Run]) -> list[Run]:
         """Run many executions in lockstep, one transaction per round of boundaries.
@@ -118,6 +123,8 @@ class Runner:
                     elif not after(outcome):
                         still.append(run)
                 active = still
+        for run in runs:
+            _save_index(run)
         return runs
 
     # -- one step: the change to commit, and what to do once it is committed ------------
@@ -301,3 +308,14 @@ def _undo_rows(undo: list[dict[str, Any]], cursor: Cursor, node: str,
         return None
     return [{**u, "entry_checkpoint_id": cursor.checkpoint_id, "node": node, "step": step}
             for u in undo]
+
+
+def _save_index(run: Run) -> None:
+    """Keep the workspace's stat index for the next resume or fork (written once a drive
+    ends, not at every checkpoint: it is a cache, and losing it only costs a re-read)."""
+    if run.workspace is None:
+        return
+    try:
+        run.workspace.save_index()
+    except OSError as exc:
+        log.warning("could not save the stat index of %s: %s", run.workspace.path, exc)

@@ -55,7 +55,8 @@ class Workspace:
         return self._snapshot(inline=True)
 
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.path.is_dir():  # a failed mkdir costs more than a stat
+            self.path.mkdir(parents=True, exist_ok=True)
         snap = Snapshot(str(self.path), self.rules, self.index, Uploader(self.store, self.known),
                         self.max_file_bytes, self._trees)
         result = snap.run(inline)

@@ -20,13 +20,14 @@ from typing import Any
 
 from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
-from wtb_ray.workspace import tree
+from wtb_ray.workspace import files, tree
 from wtb_ray.workspace.ignore import IgnoreRules
-from wtb_ray.workspace.index import Key, StatIndex, stat_key
+from wtb_ray.workspace.index import StatIndex
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+Write = tuple[str, str, list[Any]]  # (path, path in the workspace, tree entry)
 _pool_lock = threading.Lock()
 
 
@@ -51,7 +52,7 @@ class Restore:
         self.reader = reader
         self.store = store
         self.fresh: dict[str, Any] = {}
-        self.writes: list[tuple[str, str, list[Any]]] = []  # (path, rel, entry)
+        self.writes: list[Write] = []
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
@@ -154,24 +155,28 @@ class Restore:
             os.rmdir(path)
 
     def _write_files(self) -> None:
-        """Copy what local sources vouch for, then write the rest from the store, both on
-        WORKERS threads (copies, decompression and writes release the GIL)."""
+        """Copy what local sources vouch for while the rest is fetched from the store, both
+        written on WORKERS threads (copies, decompression and writes release the GIL)."""
         pool = _workers()
-        writes = self.writes
-        if self.sources:
-            # One task per directory: creating files in one directory from several
-            # threads only queues them on the directory's lock.
-            groups: dict[str, list[tuple[str, str, list[Any]]]] = {}
-            for w in writes:
-                groups.setdefault(os.path.dirname(w[0]), []).append(w)
-            left = pool.map(self._copy_group, groups.items())
-            writes = [w for group in left for w in group]
-        for path in self.new_dirs:  # those no copy made (empty, or written from the store)
-            os.makedirs(path, exist_ok=True)
-        self._write_from_store(pool, writes)
+        local: dict[str, list[Write]] = {}  # by directory: one copying task each
+        remote: list[Write] = []
+        for w in self.writes:
+            if any(_source_has(index, w[1], w[2][3]) for _, index in self.sources):
+                local.setdefault(os.path.dirname(w[0]), []).append(w)
+            else:
+                remote.append(w)
+        copying = [pool.submit(self._copy_group, group) for group in local.items()]
+        # A directory with files to copy is made by the task that copies them; the others
+        # (empty, or holding only files from the store) here, before any is written.
+        remote_dirs = {os.path.dirname(w[0]) for w in remote}
+        for path in self.new_dirs:
+            if path not in local or path in remote_dirs:
+                os.makedirs(path, exist_ok=True)
+        self._write_from_store(pool, remote)
+        # Files whose source changed since its index vouched for them come from the store.
+        self._write_from_store(pool, [w for task in copying for w in task.result()])
 
-    def _copy_group(self, group: tuple[str, list[tuple[str, str, list[Any]]]]
-                    ) -> list[tuple[str, str, list[Any]]]:
+    def _copy_group(self, group: tuple[str, list[Write]]) -> list[Write]:
         """Copy one directory's files from local sources; those no source had."""
         directory, writes = group
         os.makedirs(directory, exist_ok=True)
@@ -179,11 +184,17 @@ class Restore:
 
     def _copy_local(self, path: str, rel: str, entry: list[Any]) -> bool:
         for root, index in self.sources:
+            src = os.path.join(root, rel)
             known = index.entries.get(rel)
-            if known is None or known[1] != entry[3]:
-                continue
+            pairs = index.quick.get(rel)
             try:
-                st = _copy_file(os.path.join(root, rel), path, entry[1], known[0])
+                if known is not None and known[1] == entry[3]:
+                    st = files.copy_if_unchanged(src, path, entry[1], known[0])
+                elif pairs is not None and [h for _, h in pairs] == entry[3]:
+                    st = files.copy_if_same(src, path, entry[1], entry[2],
+                                            [f for f, _ in pairs], tree.CHUNK_SIZE)
+                else:
+                    continue
             except OSError:
                 continue
             if st is not None:
@@ -192,10 +203,10 @@ class Restore:
         return False
 
     def _write_from_store(self, pool: ThreadPoolExecutor,
-                          writes: list[tuple[str, str, list[Any]]]) -> None:
+                          writes: list[Write]) -> None:
         """Fetch chunks in batches while the previous batch is written: at most two
         batches are held at once."""
-        batches: list[list[tuple[str, str, list[Any]]]] = [[]]
+        batches: list[list[Write]] = [[]]
         size = 0
         for item in writes:
             if item[2][2] > FETCH_BYTES:
@@ -228,86 +239,34 @@ class Restore:
 
     def _write_one(self, path: str, rel: str, entry: list[Any],
                    data: dict[str, tuple[str, bytes]]) -> None:
-        fd = _create(path, entry[1])
+        fd = files.create(path, entry[1])
         try:
             for c in entry[3]:
-                _write_all(fd, codec.unpack(*data[c]))
-            self.written.append((rel, entry[3], _finish(fd, entry[1])))
+                files.write_all(fd, codec.unpack(*data[c]))
+            self.written.append((rel, entry[3], files.finish(fd, entry[1])))
         finally:
             os.close(fd)
 
     def _write_big(self, path: str, rel: str, entry: list[Any]) -> None:
         chunks = entry[3]
         step = max(1, FETCH_BYTES // tree.CHUNK_SIZE)
-        fd = _create(path, entry[1])
+        fd = files.create(path, entry[1])
         try:
             for i in range(0, len(chunks), step):
                 part = chunks[i:i + step]
                 data = self._fetch(set(part))
                 for c in part:
-                    _write_all(fd, codec.unpack(*data[c]))
-            self.written.append((rel, entry[3], _finish(fd, entry[1])))
+                    files.write_all(fd, codec.unpack(*data[c]))
+            self.written.append((rel, entry[3], files.finish(fd, entry[1])))
         finally:
             os.close(fd)
 
 
-def _create(path: str, mode: int) -> int:
-    """A new file, with its final permission bits if the umask lets them through (``_finish``
-    checks)."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
-
-
-def _finish(fd: int, mode: int) -> os.stat_result:
-    """The written file's stat, its permission bits set if the umask masked some. After the
-    writes: a write clears set-user-ID bits. One fstat per file in the common case (a fork
-    writes thousands of files; every system call counts)."""
-    st = os.fstat(fd)
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.fchmod(fd, mode)
-        st = os.fstat(fd)
-    return st
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy_file(src: str, dst: str, mode: int, key: Key) -> os.stat_result | None:
-    """Copy ``src`` if it still is the file whose stat key is ``key`` (before and after the
-    copy); the copy's stat, or None (nothing left at ``dst``)."""
-    fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        if stat_key(os.fstat(fi)) != key:
-            return None
-        fo = _create(dst, mode)
-        try:
-            _copy_bytes(fi, fo, key[0])
-            st = _finish(fo, mode)
-        except BaseException:
-            os.close(fo)
-            os.unlink(dst)
-            raise
-        os.close(fo)
-        if stat_key(os.fstat(fi)) != key:  # changed while we copied
-            os.unlink(dst)
-            return None
-        return st
-    finally:
-        os.close(fi)
-
-
-def _copy_bytes(fi: int, fo: int, size: int) -> None:
-    """Copy ``size`` bytes in the kernel (copy_file_range, as `cp` does), else by a read
-    loop. A source that changed meanwhile is caught by the caller's second stat."""
-    try:
-        left = size
-        while left > 0 and (n := os.copy_file_range(fi, fo, min(left, 1 << 30))):
-            left -= n
-    except OSError:  # not supported here (another file system, an old kernel)
-        os.lseek(fi, 0, os.SEEK_SET)
-        os.lseek(fo, 0, os.SEEK_SET)
-        os.ftruncate(fo, 0)
-        while buf := os.read(fi, 1 << 20):
-            _write_all(fo, buf)
+def _source_has(index: StatIndex, rel: str, chunks: list[str]) -> bool:
+    """Whether a source's index knows its file ``rel`` held ``chunks``: vouched for by stat,
+    or read too recently for that but fingerprinted (the copy is then checked)."""
+    known = index.entries.get(rel)
+    if known is not None and known[1] == chunks:
+        return True
+    pairs = index.quick.get(rel)
+    return pairs is not None and [h for _, h in pairs] == chunks
