@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,12 @@ class Restore:
         self.reader = reader
         self.store = store
         self.fresh: dict[str, Any] = {}
-        self.writes: list[Write] = []
+        # Files to write: a directory's files a source has are copied by a task started as
+        # soon as that directory is synced (while later trees are still being fetched); the
+        # rest are written from the store once every directory is synced.
+        self.copying: list[Future[list[Write]]] = []
+        self.copied_dirs: set[str] = set()
+        self.remote: list[Write] = []
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
@@ -63,8 +68,14 @@ class Restore:
 
     def run(self, root_tree: str) -> None:
         os.makedirs(self.root, exist_ok=True)
-        self._sync(self.root, "", self.reader.get(root_tree))
-        self._write_files()
+        try:
+            self._sync(self.root, "", self.reader.get(root_tree))
+            self._write_files()
+        except BaseException:
+            for task in self.copying:  # none may go on writing once we have given up
+                task.cancel()
+            wait(self.copying)
+            raise
         clock = self.index.clock()  # after every write: the files we wrote can be trusted
         stats = [(rel, chunks, os.lstat(path)) for path, rel, chunks in self.touched]
         for rel, chunks, st in self.written + stats:
@@ -86,6 +97,7 @@ class Restore:
             is_dir = item.is_dir(follow_symlinks=False)
             if not self.rules.ignored(prefix + name, name, is_dir):
                 self._remove(item.path, prefix + name, is_dir)
+        writes: list[Write] = []
         for name, entry in entries.items():
             target, rel = os.path.join(path, name), prefix + name
             item = present.get(name)
@@ -116,7 +128,19 @@ class Restore:
             else:
                 if st is not None:
                     self._clear(target, st)
-                self.writes.append((target, rel, entry))
+                writes.append((target, rel, entry))
+        self._dispatch(path, writes)
+
+    def _dispatch(self, directory: str, writes: list[Write]) -> None:
+        local: list[Write] = []
+        for w in writes:
+            if any(_source_has(index, w[1], w[2][3]) for _, index in self.sources):
+                local.append(w)
+            else:
+                self.remote.append(w)
+        if local:
+            self.copied_dirs.add(directory)
+            self.copying.append(_workers().submit(self._copy_group, (directory, local)))
 
     def _same(self, path: str, rel: str, st: os.stat_result, entry: list[Any]) -> bool:
         chunks = self.index.lookup(rel, st)
@@ -155,26 +179,18 @@ class Restore:
             os.rmdir(path)
 
     def _write_files(self) -> None:
-        """Copy what local sources vouch for while the rest is fetched from the store, both
-        written on WORKERS threads (copies, decompression and writes release the GIL)."""
+        """Write from the store what no source had while the copies run, then what a copy
+        found changed, on WORKERS threads (copies, decompression and writes release the GIL)."""
         pool = _workers()
-        local: dict[str, list[Write]] = {}  # by directory: one copying task each
-        remote: list[Write] = []
-        for w in self.writes:
-            if any(_source_has(index, w[1], w[2][3]) for _, index in self.sources):
-                local.setdefault(os.path.dirname(w[0]), []).append(w)
-            else:
-                remote.append(w)
-        copying = [pool.submit(self._copy_group, group) for group in local.items()]
         # A directory with files to copy is made by the task that copies them; the others
         # (empty, or holding only files from the store) here, before any is written.
-        remote_dirs = {os.path.dirname(w[0]) for w in remote}
+        remote_dirs = {os.path.dirname(w[0]) for w in self.remote}
         for path in self.new_dirs:
-            if path not in local or path in remote_dirs:
+            if path not in self.copied_dirs or path in remote_dirs:
                 os.makedirs(path, exist_ok=True)
-        self._write_from_store(pool, remote)
+        self._write_from_store(pool, self.remote)
         # Files whose source changed since its index vouched for them come from the store.
-        self._write_from_store(pool, [w for task in copying for w in task.result()])
+        self._write_from_store(pool, [w for task in self.copying for w in task.result()])
 
     def _copy_group(self, group: tuple[str, list[Write]]) -> list[Write]:
         """Copy one directory's files from local sources; those no source had."""
