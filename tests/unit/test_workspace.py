@@ -10,7 +10,7 @@ import pytest
 from wtb_ray import InvalidInput
 from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.storage.store import Store
-from wtb_ray.workspace import IgnoreRules, Workspace
+from wtb_ray.workspace import IgnoreRules, TreeReader, Workspace
 
 OLD = 1_600_000_000 * 10**9  # 2020: long before any clock a snapshot takes
 
@@ -352,3 +352,33 @@ def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprin
     # kept.bin was copied; only edited.bin's chunks came from the store.
     edited = {c for e in [fork.reader.get(tree)["edited.bin"]] for c in e[3]}
     assert fetched and set().union(*fetched) == edited
+
+
+def test_a_restore_that_fails_midway_stops_its_copies_before_raising(store, tmp_path,
+                                                                      monkeypatch):
+    import sqlalchemy as sa
+
+    from wtb_ray.domain.errors import StorageError
+    from wtb_ray.storage.schema import blobs
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    for d in ("a", "b", "c"):
+        (origin / d).mkdir(parents=True)
+        for i in range(20):
+            (origin / d / f"{i}.txt").write_text(f"{d}{i}\n" * 100)
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    lost = ws.reader.get(tree)["c"][1]  # the last directory's tree is gone from the store
+    store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
+              write=True)
+    job = restore.Restore(str(tmp_path / "fork"), ws.rules, Workspace(tmp_path / "fork",
+                                                                      store).index,
+                          TreeReader(store), store, sources=[str(origin)])
+    real_copy = restore.files.copy_if_unchanged
+    monkeypatch.setattr(restore.files, "copy_if_unchanged",
+                        lambda *a: time.sleep(0.01) or real_copy(*a))  # slow copies
+    with pytest.raises(StorageError, match=lost):
+        job.run(tree)
+    assert job.copying and all(task.done() for task in job.copying)
