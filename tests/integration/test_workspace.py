@@ -140,6 +140,35 @@ def test_a_fork_gets_a_workspace_of_its_own(make_bench, tmp_path):
     assert picture(mine) == pictures[after_create.id] and second.workspace["path"] == str(mine)
 
 
+def test_a_fork_that_cannot_commit_leaves_no_directory_behind(tmp_path):
+    """The database refuses the fork's commit (another writer holds SQLite's lock past the
+    busy timeout): no fork exists, and neither do the files its restore wrote."""
+    import sqlite3
+
+    db = tmp_path / "wtb.db"
+    bench = Bench.open(Settings(home=tmp_path / "home", database_url=f"sqlite:///{db}",
+                                sqlite_busy_timeout_ms=300, auto_migrate=True))
+    try:
+        ex, _ = run_recording(bench, tmp_path / "ws")
+        before = {e.id for e in bench.store.executions()}
+        mine = tmp_path / "mine"
+        mine.mkdir()  # an empty directory the user named: kept, and left empty
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            for target in (None, str(mine)):
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    bench.fork(ex.id, run=False, workspace=target)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert {e.id for e in bench.store.executions()} == before
+        assert not any((tmp_path / "home" / "workspaces").glob("*"))
+        assert mine.is_dir() and [p.name for p in mine.iterdir()] in ([], [".wtb"])
+    finally:
+        bench.close()
+
+
 def test_unchanged_files_are_stored_once_across_steps_and_executions(make_bench, tmp_path):
     bench = make_bench()
     ex, _ = run_recording(bench, tmp_path / "one")

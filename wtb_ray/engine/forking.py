@@ -41,23 +41,30 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
     ignore = (origin.workspace or {}).get("ignore") or bench.settings.workspace_ignore
     ex.workspace = workspaces.config(bench.settings, ex.id, spec, ignore)
     ws = workspaces.open_for(bench.store, bench.settings, ex)
-    if ws is not None:
-        workspaces.require_empty(str(ws.path))
-        # Files the origin's directory still holds unchanged are copied from it.
-        local = [origin.workspace["path"]] if origin.workspace else None
-        ws.restore(source.workspace_tree, sources=local)
-        write.workspace_tree = ws.snapshot() if source.workspace_tree is None else (
-            source.workspace_tree)
-    events = [ex.event("execution.forked", from_execution_id=origin.id,
-                       from_checkpoint_id=source.id, patched_keys=sorted(patch),
-                       variants=dict(variants or {}))]
-    if run:
-        bench.take_lease(ex)
-        ex.status = Status.RUNNING
-        events.append(ex.event("execution.started"))
-    else:
-        ex.status = Status.PAUSED
-    committed = bench.store.commit(Change(ex.id, events, checkpoint=write, new_execution=ex))
+    existed = ws is not None and ws.path.exists()
+    try:
+        if ws is not None:
+            workspaces.require_empty(str(ws.path))
+            # Files the origin's directory still holds unchanged are copied from it.
+            local = [origin.workspace["path"]] if origin.workspace else None
+            ws.restore(source.workspace_tree, sources=local)
+            write.workspace_tree = ws.snapshot() if source.workspace_tree is None else (
+                source.workspace_tree)
+        events = [ex.event("execution.forked", from_execution_id=origin.id,
+                           from_checkpoint_id=source.id, patched_keys=sorted(patch),
+                           variants=dict(variants or {}))]
+        if run:
+            bench.take_lease(ex)
+            ex.status = Status.RUNNING
+            events.append(ex.event("execution.started"))
+        else:
+            ex.status = Status.PAUSED
+        committed = bench.store.commit(Change(ex.id, events, checkpoint=write,
+                                              new_execution=ex))
+    except BaseException:
+        if ws is not None:  # no fork, so none of its files either
+            workspaces.discard(ws.path, existed)
+        raise
     bench.created(ex, committed)
     if not run:
         return ex

@@ -57,3 +57,18 @@ def remove_managed(settings: Settings, execution_id: str) -> None:
     """Remove a deleted execution's workspace if WTB made it (under WTB_HOME/workspaces);
     a directory the user named is theirs to keep."""
     shutil.rmtree(managed_dir(settings, execution_id), ignore_errors=True)
+
+
+def discard(path: Path, existed: bool) -> None:
+    """Undo a fork's restore that did not lead to a fork: remove the directory if the restore
+    made it, else what it wrote there (the directory was empty but for WTB's ``.wtb``)."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir() if path.is_dir() else ():
+        if child.name == RESERVED:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
