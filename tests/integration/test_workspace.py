@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import side_effects
-from wtb_ray import END, Status, Workflow
+from wtb_ray import END, InvalidInput, Status, Workflow
 from wtb_ray.config import Settings
 from wtb_ray.engine.bench import Bench
 from wtb_ray.storage.store import Store
@@ -138,6 +138,12 @@ def test_a_fork_gets_a_workspace_of_its_own(make_bench, tmp_path):
     mine = tmp_path / "mine"
     second = bench.fork(ex.id, at=after_create.id, run=False, workspace=str(mine))
     assert picture(mine) == pictures[after_create.id] and second.workspace["path"] == str(mine)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("the user's\n")
+    with pytest.raises(InvalidInput, match="not empty"):
+        bench.fork(ex.id, run=False, workspace=str(theirs))
+    assert (theirs / "keep.txt").read_text() == "the user's\n"  # refused, nothing touched
 
 
 def test_a_fork_that_cannot_commit_leaves_no_directory_behind(tmp_path):

@@ -41,10 +41,11 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
     ignore = (origin.workspace or {}).get("ignore") or bench.settings.workspace_ignore
     ex.workspace = workspaces.config(bench.settings, ex.id, spec, ignore)
     ws = workspaces.open_for(bench.store, bench.settings, ex)
+    if ws is not None:
+        workspaces.require_empty(str(ws.path))  # before the try: a refusal removes nothing
     existed = ws is not None and ws.path.exists()
     try:
         if ws is not None:
-            workspaces.require_empty(str(ws.path))
             # Files the origin's directory still holds unchanged are copied from it.
             local = [origin.workspace["path"]] if origin.workspace else None
             ws.restore(source.workspace_tree, sources=local)
