@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from wtb_ray.domain.errors import NotFound
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.engine import checkpoints, workspaces
 from wtb_ray.engine.runner import Cursor
@@ -63,7 +64,7 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
         committed = bench.store.commit(Change(ex.id, events, checkpoint=write,
                                               new_execution=ex))
     except BaseException:
-        if ws is not None:  # no fork, so none of its files either
+        if ws is not None and not _committed(bench, ex.id):  # no fork: none of its files
             workspaces.discard(ws.path, existed)
         raise
     bench.created(ex, committed)
@@ -71,3 +72,16 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
         return ex
     return bench.runner.drive(ex, wf, state, Cursor(committed.checkpoint_id, source.next_node),
                               workspace=ws)
+
+
+def _committed(bench: Bench, execution_id: str) -> bool:
+    """Whether the fork exists after all (a commit can fail after the database took it, as
+    when the connection drops on its way back); when that cannot be known, assume it does:
+    its files are kept rather than risked."""
+    try:
+        bench.store.execution(execution_id)
+    except NotFound:
+        return False
+    except Exception:
+        return True
+    return True
