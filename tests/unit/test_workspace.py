@@ -382,3 +382,31 @@ def test_a_restore_that_fails_midway_stops_its_copies_before_raising(store, tmp_
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
     assert job.copying and all(task.done() for task in job.copying)
+
+
+def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_raising(
+        store, tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from wtb_ray.domain.errors import StorageError
+    from wtb_ray.storage.schema import blobs
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for i in range(6):
+        (origin / f"{i}.bin").write_bytes(os.urandom(1000 + i))
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    lost = ws.reader.get(tree)["4.bin"][3][0]  # a chunk of a file in the third batch
+    store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
+              write=True)
+    monkeypatch.setattr(restore.blob_io, "BATCH", 2)  # two files per fetch
+    real_write = restore.Restore._write_one
+    monkeypatch.setattr(restore.Restore, "_write_one",
+                        lambda self, *a: time.sleep(0.05) or real_write(self, *a))
+    job = restore.Restore(str(tmp_path / "copy"), ws.rules,
+                          Workspace(tmp_path / "copy", store).index, TreeReader(store), store)
+    with pytest.raises(StorageError, match=lost):
+        job.run(tree)
+    assert job.tasks and all(task.done() for task in job.tasks)

@@ -58,6 +58,7 @@ class Restore:
         self.copying: list[Future[list[Write]]] = []
         self.copied_dirs: set[str] = set()
         self.remote: list[Write] = []
+        self.tasks: list[Future[None]] = []  # writes from the store
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
@@ -72,9 +73,10 @@ class Restore:
             self._sync(self.root, "", self.reader.get(root_tree))
             self._write_files()
         except BaseException:
-            for task in self.copying:  # none may go on writing once we have given up
+            tasks = [*self.copying, *self.tasks]
+            for task in tasks:  # none may go on writing once we have given up
                 task.cancel()
-            wait(self.copying)
+            wait(tasks)
             raise
         clock = self.index.clock()  # after every write: the files we wrote can be trusted
         stats = [(rel, chunks, os.lstat(path)) for path, rel, chunks in self.touched]
@@ -242,6 +244,7 @@ class Restore:
                 future.result()
             running = [pool.submit(self._write_one, path, rel, entry, data)
                        for path, rel, entry in batch]
+            self.tasks.extend(running)
         for future in running:
             future.result()
 
