@@ -200,7 +200,6 @@ class Snapshot:
         return chunks
 
 
-
 def _fill(f: Any, buf: memoryview) -> int:
     """Read into ``buf`` until it is full or the file ends; the count read."""
     n = 0
