@@ -19,7 +19,7 @@ The copy and the fork each start after `sync` (nothing left to write back from b
 
 Targets: checkpoint <= 0.1x, fork bytes <= 0.05x, fork + restore <= 1.0x. The last line is JSON.
 
-    python bench/fork_cost.py [--sizes-mb 10 200] [--steps 5] [--rounds 3]
+    python bench/fork_cost.py [--sizes-mb 10 200] [--steps 3] [--rounds 7]
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 import xxhash
 
@@ -35,27 +36,12 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def copy_if_unchanged(src: str, dst: str, mode: int, key: Key) -> os.stat_result | None:
-    """Copy ``src`` if it still is the file whose stat key is ``key`` (before and after the
-    copy); the copy's stat, or None (nothing left at ``dst``)."""
-    fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        if stat_key(os.fstat(fi)) != key:
-            return None
-        fo = create(dst, mode)
-        try:
-            _copy_bytes(fi, fo, key[0])
-            st = finish(fo, mode)
-        except BaseException:
-            os.close(fo)
-            os.unlink(dst)
-            raise
-        os.close(fo)
-        if stat_key(os.fstat(fi)) != key:  # changed while we copied
-            os.unlink(dst)
-            return None
-        return st
-    finally:
-        os.close(fi)
+    """Copy ``src`` if it still is the file whose stat key is ``key``, before and after the
+    copy; the copy's stat, or None (nothing left at ``dst``)."""
+    def same(fi: int, fo: int) -> bool:
+        return stat_key(os.fstat(fi)) == key  # not changed while we copied
+
+    return _copy_checked(src, dst, mode, key[0], lambda st: stat_key(st) == key, same)
 
 
 def copy_if_same(src: str, dst: str, mode: int, size: int,
@@ -64,23 +50,33 @@ def copy_if_same(src: str, dst: str, mode: int, size: int,
     for a file its index knows the bytes of but cannot vouch for by stat (written too
     recently). The copy is what is checked, and nothing else writes it, so a change to
     ``src`` during the copy cannot slip through. The copy's stat, or None."""
+    def same(fi: int, fo: int) -> bool:
+        return _fingerprints(fo, chunk_size) == fingerprints
+
+    return _copy_checked(src, dst, mode, size, lambda st: st.st_size == size, same)
+
+
+def _copy_checked(src: str, dst: str, mode: int, size: int,
+                  before: Callable[[os.stat_result], bool],
+                  after: Callable[[int, int], bool]) -> os.stat_result | None:
+    """Copy ``size`` bytes of ``src`` to a new ``dst`` if ``before`` accepts the source's
+    stat, and keep the copy if ``after(source fd, copy fd)`` accepts it. The copy's stat, or
+    None; on an error nothing is left at ``dst`` either."""
     fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        if os.fstat(fi).st_size != size:
+        if not before(os.fstat(fi)):
             return None
         fo = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
         try:
             _copy_bytes(fi, fo, size)
-            same = _fingerprints(fo, chunk_size) == fingerprints
-            st = finish(fo, mode) if same else None
+            st = finish(fo, mode) if after(fi, fo) else None
         except BaseException:
             os.close(fo)
             os.unlink(dst)
             raise
         os.close(fo)
-        if st is None or st.st_size != size:
+        if st is None:
             os.unlink(dst)
-            return None
         return st
     finally:
         os.close(fi)

@@ -136,7 +136,8 @@ class Restore:
     def _dispatch(self, directory: str, writes: list[Write]) -> None:
         local: list[Write] = []
         for w in writes:
-            if any(_source_has(index, w[1], w[2][3]) for _, index in self.sources):
+            if any(_vouched(index, w[1], w[2][3]) or _fingerprinted(index, w[1], w[2][3])
+                   for _, index in self.sources):
                 local.append(w)
             else:
                 self.remote.append(w)
@@ -203,14 +204,12 @@ class Restore:
     def _copy_local(self, path: str, rel: str, entry: list[Any]) -> bool:
         for root, index in self.sources:
             src = os.path.join(root, rel)
-            known = index.entries.get(rel)
-            pairs = index.quick.get(rel)
             try:
-                if known is not None and known[1] == entry[3]:
-                    st = files.copy_if_unchanged(src, path, entry[1], known[0])
-                elif pairs is not None and [h for _, h in pairs] == entry[3]:
+                if _vouched(index, rel, entry[3]):
+                    st = files.copy_if_unchanged(src, path, entry[1], index.entries[rel][0])
+                elif _fingerprinted(index, rel, entry[3]):
                     st = files.copy_if_same(src, path, entry[1], entry[2],
-                                            [f for f, _ in pairs], tree.CHUNK_SIZE)
+                                            [f for f, _ in index.quick[rel]], tree.CHUNK_SIZE)
                 else:
                     continue
             except OSError:
@@ -281,11 +280,14 @@ class Restore:
             os.close(fd)
 
 
-def _source_has(index: StatIndex, rel: str, chunks: list[str]) -> bool:
-    """Whether a source's index knows its file ``rel`` held ``chunks``: vouched for by stat,
-    or read too recently for that but fingerprinted (the copy is then checked)."""
+def _vouched(index: StatIndex, rel: str, chunks: list[str]) -> bool:
+    """Whether a source's index vouches by stat that its file ``rel`` holds ``chunks``."""
     known = index.entries.get(rel)
-    if known is not None and known[1] == chunks:
-        return True
+    return known is not None and known[1] == chunks
+
+
+def _fingerprinted(index: StatIndex, rel: str, chunks: list[str]) -> bool:
+    """Whether a source's index last read ``chunks`` in its file ``rel``, too recently to
+    vouch for it by stat (a copy is then checked against the recorded fingerprints)."""
     pairs = index.quick.get(rel)
     return pairs is not None and [h for _, h in pairs] == chunks

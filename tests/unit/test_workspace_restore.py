@@ -1,0 +1,232 @@
+"""Workspace restores on the embedded store: type changes and links, untracked paths, local
+copies (by stat or by fingerprints), older chunk names, new directories, modes, and
+failures midway."""
+
+import os
+import time
+
+import pytest
+
+from tests.unit.aging import age
+from wtb_ray.workspace import TreeReader, Workspace
+
+
+def test_restore_replaces_types_and_never_writes_through_links(store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "ws"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.txt").write_text("in sub")
+    (root / "thing").write_text("a file")
+    os.symlink("sub/f.txt", root / "link")
+    ws = Workspace(root, store)
+    tree = ws.snapshot()
+    import shutil
+
+    shutil.rmtree(root / "sub")
+    os.symlink(str(outside), root / "sub")  # a link where a directory was
+    (root / "thing").unlink()
+    (root / "thing").mkdir()  # a directory where a file was
+    (root / "thing" / "inner").write_text("x")
+    (root / "link").unlink()
+    (root / "link").write_text("a file where a link was")
+    ws.restore(tree)
+    assert list(outside.iterdir()) == []  # nothing was written through the link
+    assert (root / "sub").is_dir() and not (root / "sub").is_symlink()
+    assert (root / "sub" / "f.txt").read_text() == "in sub"
+    assert (root / "thing").read_text() == "a file"
+    assert os.readlink(root / "link") == "sub/f.txt"
+
+
+def test_restore_removes_untracked_paths_but_keeps_ignored_ones(store, tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "keep.txt").write_text("k")
+    ws = Workspace(root, store, ignore=["cache/", "*.tmp"])
+    tree = ws.snapshot()
+    (root / "extra").mkdir()
+    (root / "extra" / "note.tmp").write_text("ignored, inside an untracked directory")
+    (root / "extra" / "gone.txt").write_text("untracked")
+    (root / "cache").mkdir()
+    (root / "cache" / "blob").write_text("ignored directory")
+    (root / "new.txt").write_text("untracked")
+    ws.restore(tree)
+    assert sorted(p.name for p in root.iterdir()) == [".wtb", "cache", "extra", "keep.txt"]
+    assert [p.name for p in (root / "extra").iterdir()] == ["note.tmp"]
+
+
+def test_a_restore_copies_from_a_source_only_what_its_index_vouches_for(store, tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for name in ("same.txt", "edited.txt", "gone.txt"):
+        (origin / name).write_text(f"{name} at the checkpoint\n")
+    age(*origin.iterdir())
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()  # the index now vouches for all three
+    (origin / "edited.txt").write_text("edited.txt after the fork\n")  # same size
+    age(origin / "edited.txt")
+    (origin / "gone.txt").unlink()
+    fork = Workspace(tmp_path / "fork", store)
+    fork.restore(tree, sources=[str(origin)])
+    for name in ("same.txt", "edited.txt", "gone.txt"):
+        assert (tmp_path / "fork" / name).read_text() == f"{name} at the checkpoint\n"
+
+
+def test_a_tree_with_blake2b_chunk_names_restores_and_is_recognised(store, tmp_path,
+                                                                     monkeypatch):
+    """Stores written before chunks were named by BLAKE3: their trees still restore, and a
+    directory already holding their files (unknown to its index) is left alone."""
+    from wtb_ray.storage import codec
+
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / "a.bin").write_bytes(os.urandom(300_000))
+    (root / "b.txt").write_text("text\n")
+    monkeypatch.setattr(codec, "chunk_digest", codec.digest)
+    old_tree = Workspace(root, store).snapshot()
+    monkeypatch.undo()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("a.bin", "b.txt"):
+        (copy / name).write_bytes((root / name).read_bytes())
+    inodes = {p.name: p.stat().st_ino for p in copy.iterdir()}
+    Workspace(copy, store).restore(old_tree)
+    assert {p.name: p.stat().st_ino for p in copy.iterdir() if p.is_file()} == inodes
+    empty = Workspace(tmp_path / "fresh", store)
+    empty.restore(old_tree)
+    for name in ("a.bin", "b.txt"):
+        assert (tmp_path / "fresh" / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_a_restore_into_a_new_directory_makes_nested_empty_and_linked_directories(
+        store, tmp_path):
+    origin = tmp_path / "origin"
+    (origin / "x" / "y" / "z").mkdir(parents=True)
+    (origin / "empty" / "inner").mkdir(parents=True)
+    (origin / "links").mkdir()
+    (origin / "x" / "y" / "z" / "deep.txt").write_text("deep\n")
+    (origin / "x" / "top.txt").write_text("top\n")
+    os.symlink("../x/top.txt", origin / "links" / "to-top")
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    for sources in (None, [str(origin)]):
+        dest = tmp_path / f"fork-{bool(sources)}"
+        Workspace(dest, store).restore(tree, sources=sources)
+        assert (dest / "x" / "y" / "z" / "deep.txt").read_text() == "deep\n"
+        assert (dest / "empty" / "inner").is_dir()
+        assert os.readlink(dest / "links" / "to-top") == "../x/top.txt"
+        assert (dest / "links" / "to-top").read_text() == "top\n"
+        assert Workspace(dest, store).snapshot() == tree
+
+
+def test_restored_files_get_their_modes_whatever_the_umask(store, tmp_path):
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    modes = {"run.sh": 0o755, "notes.txt": 0o644, "secret": 0o600, "tool": 0o4711}
+    for name, mode in modes.items():
+        (origin / name).write_bytes(name.encode() * 1000)
+        os.chmod(origin / name, mode)
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    old = os.umask(0o077)
+    try:
+        for sources in (None, [str(origin)]):  # written from the store, copied locally
+            dest = tmp_path / f"restored-{bool(sources)}"
+            Workspace(dest, store).restore(tree, sources=sources)
+            got = {p.name: p.stat().st_mode & 0o7777 for p in dest.iterdir() if p.is_file()}
+            assert got == modes
+    finally:
+        os.umask(old)
+
+
+def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprints(
+        store, tmp_path, monkeypatch):
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    future = time.time_ns() + 3600 * 10**9  # later than any clock: never vouched for by stat
+    for name in ("kept.bin", "edited.bin"):
+        (origin / name).write_bytes(os.urandom(300_000))
+        os.utime(origin / name, ns=(future, future))
+    checkpoint = {name: (origin / name).read_bytes() for name in ("kept.bin", "edited.bin")}
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    assert not ws.index.entries and set(ws.index.quick) == {"kept.bin", "edited.bin"}
+    with open(origin / "edited.bin", "r+b") as f:  # same size, same mtime, other bytes
+        f.seek(200_000)
+        f.write(b"changed after the checkpoint")
+    os.utime(origin / "edited.bin", ns=(future, future))
+    fetched = []
+    real_fetch = restore.Restore._fetch
+    monkeypatch.setattr(restore.Restore, "_fetch",
+                        lambda self, hashes: fetched.append(set(hashes)) or
+                        real_fetch(self, hashes))
+    fork = Workspace(tmp_path / "fork", store)
+    fork.restore(tree, sources=[str(origin)])
+    for name, data in checkpoint.items():
+        assert (tmp_path / "fork" / name).read_bytes() == data
+    # kept.bin was copied; only edited.bin's chunks came from the store.
+    edited = {c for e in [fork.reader.get(tree)["edited.bin"]] for c in e[3]}
+    assert fetched and set().union(*fetched) == edited
+
+
+def test_a_restore_that_fails_midway_stops_its_copies_before_raising(store, tmp_path,
+                                                                      monkeypatch):
+    import sqlalchemy as sa
+
+    from wtb_ray.domain.errors import StorageError
+    from wtb_ray.storage.schema import blobs
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    for d in ("a", "b", "c"):
+        (origin / d).mkdir(parents=True)
+        for i in range(20):
+            (origin / d / f"{i}.txt").write_text(f"{d}{i}\n" * 100)
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    ws.snapshot()
+    lost = ws.reader.get(tree)["c"][1]  # the last directory's tree is gone from the store
+    store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
+              write=True)
+    job = restore.Restore(str(tmp_path / "fork"), ws.rules, Workspace(tmp_path / "fork",
+                                                                      store).index,
+                          TreeReader(store), store, sources=[str(origin)])
+    real_copy = restore.files.copy_if_unchanged
+    monkeypatch.setattr(restore.files, "copy_if_unchanged",
+                        lambda *a: time.sleep(0.01) or real_copy(*a))  # slow copies
+    with pytest.raises(StorageError, match=lost):
+        job.run(tree)
+    assert job.copying and all(task.done() for task in job.copying)
+
+
+def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_raising(
+        store, tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from wtb_ray.domain.errors import StorageError
+    from wtb_ray.storage.schema import blobs
+    from wtb_ray.workspace import restore
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for i in range(6):
+        (origin / f"{i}.bin").write_bytes(os.urandom(1000 + i))
+    ws = Workspace(origin, store)
+    tree = ws.snapshot()
+    lost = ws.reader.get(tree)["4.bin"][3][0]  # a chunk of a file in the third batch
+    store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
+              write=True)
+    monkeypatch.setattr(restore.blob_io, "BATCH", 2)  # two files per fetch
+    real_write = restore.Restore._write_one
+    monkeypatch.setattr(restore.Restore, "_write_one",
+                        lambda self, *a: time.sleep(0.05) or real_write(self, *a))
+    job = restore.Restore(str(tmp_path / "copy"), ws.rules,
+                          Workspace(tmp_path / "copy", store).index, TreeReader(store), store)
+    with pytest.raises(StorageError, match=lost):
+        job.run(tree)
+    assert job.tasks and all(task.done() for task in job.tasks)
