@@ -25,6 +25,7 @@ from wtb_ray.batch.plan import env_key
 from wtb_ray.batch.service import BatchService
 from wtb_ray.batch.spec import parse_spec
 from wtb_ray.config import Settings
+from wtb_ray.domain.errors import NotFound
 from wtb_ray.engine.bench import Bench
 from wtb_ray.latency import Latency
 
@@ -32,9 +33,11 @@ log = logging.getLogger(__name__)
 NAMESPACE = "wtb"
 MAX_CHUNK_ERRORS = 5
 PIPELINE = 2  # chunks in flight per executor
-DRIVER_ATTEMPTS = 5
+DRIVER_ATTEMPTS = 5  # failures in a row, batch_retry_seconds apart and doubling, before...
+STALLED_WAIT = 60  # ...the batch yields its turn; tried again after 60x batch_retry_seconds,
+STALLED_MAX_DOUBLINGS = 4  # doubling at each give-up in a row up to 16x that
 WAIT_S = 5.0  # a batch waiting for an executor re-reads the database at most this often
-SWEEP_S = 5.0  # housekeeping: idle executors stopped, pending batches nobody handed over run
+SWEEP_S = 5.0  # housekeeping: idle executors stopped, batches nobody drives run
 ENV_START_TRIES = 3  # executors of one runtime_env that fail to start before its cells fail
 TALLY_S = 0.5  # progress counts are at most this old while chunks run...
 TALLY_SHARE = 10  # ...or 10 times the last recount's time: recounts take <= 1/10 of a CPU
@@ -52,6 +55,9 @@ class BatchOrchestrator:
         self.drivers: dict[str, asyncio.Task] = {}
         self.turns = asyncio.Semaphore(settings["batch_concurrency"])  # first come, first run
         self.runs: dict[str, _BatchRun] = {}
+        # Batches whose driver gave up (the database away for minutes, say): give-ups in a
+        # row and when housekeeping tries again (time.monotonic()).
+        self.gave_up: dict[str, tuple[int, float]] = {}
         self.latency = {"node": Latency(), "write": Latency()}  # reported by executors
         self.booted = False
         # Reload unfinished batches as soon as the event loop runs, with no caller needed.
@@ -66,11 +72,16 @@ class BatchOrchestrator:
         return True
 
     async def _housekeeping(self) -> None:
-        """Every SWEEP_S: stop executors idle too long, and pick up batches persisted but
-        never handed over (an API replica that died before its schedule call, or whose
-        call failed, leaves them pending with no one to drive them)."""
+        """Every SWEEP_S: stop executors idle too long, pick up batches persisted but never
+        handed over (an API replica that died before its schedule call, or whose call
+        failed, leaves them pending with no one to drive them), and try again the batches
+        whose driver gave up, once their wait is over."""
         while True:
             await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for batch_id, (_, retry_at) in list(self.gave_up.items()):
+                if retry_at <= now:
+                    self._schedule(batch_id, takeover=True)  # its executors were lost
             try:
                 self.pool.reap()
                 for batch_id in await asyncio.to_thread(self.service.batches.pending_ids):
@@ -99,6 +110,12 @@ class BatchOrchestrator:
         run = self.runs.get(batch_id)
         return [self.pool.name(a) for a in run.held] if run else []
 
+    async def stalled(self) -> dict[str, float]:
+        """Batches whose driver gave up, with the seconds until it tries again."""
+        now = time.monotonic()
+        return {b: max(0.0, at - now) for b, (_, at) in self.gave_up.items()
+                if b not in self.drivers}
+
     async def submit(self, spec: dict[str, Any], batch_id: str | None = None) -> str:
         await self.boot()
         batch = await asyncio.to_thread(self.service.submit, parse_spec(spec), batch_id)
@@ -113,13 +130,22 @@ class BatchOrchestrator:
         return await self.status(batch_id)
 
     async def wait(self, batch_id: str, timeout_s: float | None = None) -> dict[str, Any]:
-        """The batch's progress once it is no longer driven, or after ``timeout_s``."""
+        """The batch's progress once it is no longer driven, or after ``timeout_s``.
+        ``driving``: a driver runs it now, or will try again (``retry_in_s``) after failing."""
         await self.boot()
-        task = self.drivers.get(batch_id)
-        if task is not None:
-            await asyncio.wait({task}, timeout=timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or (left := deadline - time.monotonic()) > 0:
+            wait_s = None if deadline is None else left
+            if (task := self.drivers.get(batch_id)) is not None:
+                await asyncio.wait({task}, timeout=wait_s)
+            elif batch_id in self.gave_up:  # until housekeeping drives it again
+                await asyncio.sleep(SWEEP_S if wait_s is None else min(wait_s, SWEEP_S))
+            else:
+                break
         status = await self.status(batch_id)
-        status["driving"] = task is not None and not task.done()
+        retry_in_s = (await self.stalled()).get(batch_id)
+        status["driving"] = batch_id in self.drivers or retry_in_s is not None
+        status["retry_in_s"] = retry_in_s
         return status
 
     async def leaderboard(self, batch_id: str) -> list[dict[str, Any]]:
@@ -143,20 +169,31 @@ class BatchOrchestrator:
             self.metrics.set_active(len(self.drivers))
 
     async def _drive_now(self, batch_id: str, takeover: bool) -> None:
+        retry_s = self.settings["batch_retry_seconds"]
         try:
             for attempt in range(DRIVER_ATTEMPTS):
                 try:
                     self.runs[batch_id] = _BatchRun(self, batch_id)
                     await self.runs[batch_id].run(takeover)
+                    self.gave_up.pop(batch_id, None)
+                    return
+                except NotFound:  # scheduled by id, never persisted: nothing to drive
+                    log.error("batch %s does not exist; not driven", batch_id)
+                    self.gave_up.pop(batch_id, None)
                     return
                 except Exception:
-                    delay = 2 ** attempt
+                    delay = retry_s * 2 ** attempt
                     log.exception("batch %s: the driver failed (attempt %d of %d); trying "
-                                  "again in %d s", batch_id, attempt + 1, DRIVER_ATTEMPTS, delay)
+                                  "again in %.1f s", batch_id, attempt + 1, DRIVER_ATTEMPTS,
+                                  delay)
                     await asyncio.sleep(delay)
                     takeover = True  # its executors were killed with it
-            log.error("batch %s left running: it resumes when the orchestrator restarts",
-                      batch_id)
+            # It yields its turn (another batch may run) and stays running in the database.
+            give_ups = self.gave_up.get(batch_id, (0, 0.0))[0]
+            wait = retry_s * STALLED_WAIT * 2 ** min(give_ups, STALLED_MAX_DOUBLINGS)
+            self.gave_up[batch_id] = (give_ups + 1, time.monotonic() + wait)
+            log.error("batch %s: its driver failed %d times in a row; it stays running and "
+                      "is tried again in %.0f s", batch_id, DRIVER_ATTEMPTS, wait)
         finally:
             self.runs.pop(batch_id, None)
 

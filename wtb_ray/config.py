@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="Batches the orchestrator drives at once. The rest wait their turn, in "
                     "the order they came, as pending: cheaper than many batches polling for "
                     "the same executors.")
+    batch_retry_seconds: float = Field(
+        default=1.0, gt=0,
+        description="Wait before a batch's driver that failed (the database away, say) "
+                    "tries again, doubled at each failure in a row. After 5 the batch yields "
+                    "its turn and stays running; it is tried again 60 times this later, "
+                    "then up to 16 times longer at each give-up, until it runs.")
     batch_niceness: int = Field(
         default=4, ge=0, le=19,
         description="Added to the niceness of the batch orchestrator and executors, so the HTTP "

@@ -22,9 +22,11 @@ def combo_label(combo: str | dict[str, str]) -> str:
 def progress_table(progress: dict[str, Any]) -> Table:
     batch = progress["batch"]
     done = batch["completed"] + batch["failed"] + batch["cancelled"]
+    retry = progress.get("retry_in_s")  # its driver failed (the database away, say)
+    waiting = f"  (driver failed; tried again in {retry:.0f} s)" if retry is not None else ""
     table = Table(title=f"batch {batch['id']} {batch['name']}: {status_style(batch['status'])}"
-                        f"  {done}/{batch['total']} cells", title_justify="left", box=None,
-                  pad_edge=False)
+                        f"  {done}/{batch['total']} cells{waiting}", title_justify="left",
+                  box=None, pad_edge=False)
     table.add_column("combination", overflow="fold")
     shown = [c for c in COLUMNS if any(c in counts for counts in
                                        progress["combinations"].values())] or ["pending"]

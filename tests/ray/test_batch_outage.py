@@ -1,0 +1,45 @@
+"""A batch outlives a database outage longer than its driver's retries: PostgreSQL through a
+PgBouncer of its own, stopped for real mid-batch and started again."""
+
+import contextlib
+import time
+import uuid
+
+import ray
+
+from tests.conftest import start_pgbouncer
+from tests.integration.test_batch_local import check_matrix_results
+from tests.ray.conftest import wait_for
+from tests.ray.test_batches_on_ray import finish, held_spec, node_runs, submit
+from wtb_ray.batch.service import BatchService
+from wtb_ray.config import Settings
+
+
+def test_a_batch_whose_driver_gave_up_in_an_outage_completes_once_the_database_is_back(
+        ray_cluster, create_pg_database, bench_factory, tmp_path):
+    bouncer = start_pgbouncer()
+    name = f"wtb-orchestrator-{uuid.uuid4().hex[:8]}"
+    try:
+        url = bouncer.url(create_pg_database())
+        # Short waits, so that the driver gives up within seconds instead of minutes.
+        settings = Settings(database_url=url, executor_idle_seconds=0, orchestrator_name=name,
+                            reconnect_seconds=0.5, batch_retry_seconds=0.05)
+        spec, point = held_spec(tmp_path)
+        orchestrator, batch_id = submit(settings, spec)
+        wait_for(tmp_path / f"{point}.waiting")
+        bouncer.stop()
+        (tmp_path / f"{point}.go").write_text("")  # its checkpoint finds no database
+        deadline = time.time() + 120
+        while batch_id not in ray.get(orchestrator.stalled.remote()):
+            assert time.time() < deadline, "the driver never gave up"
+            time.sleep(0.2)
+        bouncer.start()
+        assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+        assert ray.get(orchestrator.stalled.remote()) == {}
+        service = BatchService(bench_factory(url))
+        check_matrix_results(service, batch_id)  # every cell completed exactly once
+        assert node_runs(tmp_path / "runs.log")[point] >= 2  # its first checkpoint was lost
+    finally:
+        with contextlib.suppress(ValueError):  # ValueError: never created
+            ray.kill(ray.get_actor(name, namespace="wtb"))
+        bouncer.stop()
