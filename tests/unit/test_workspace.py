@@ -2,6 +2,7 @@
 tree memo, ignore patterns and size limits. Restores: test_workspace_restore.py."""
 
 import os
+import time
 import tracemalloc
 
 import pytest
@@ -29,6 +30,24 @@ def test_unchanged_files_are_not_read_again(store, tmp_path):
     again = Workspace(tmp_path / "ws", store)  # a new process: the index is on disk
     again.restore(second)
     assert again.snapshot() == second and again.last_files_read == 0
+
+
+def test_checkpoints_save_the_stat_index_every_few_seconds(store, tmp_path, monkeypatch):
+    """Not only when a run stops: a process killed mid-run leaves a recent index."""
+    import wtb_ray.workspace as workspace
+    from wtb_ray.workspace.index import StatIndex
+
+    monkeypatch.setattr(workspace, "INDEX_SAVE_S", 1.0)
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+    age(root / "a.txt")
+    ws = Workspace(root, store)
+    ws.snapshot_for_commit()
+    assert StatIndex.load(root).entries == {}  # within the interval: not written yet
+    time.sleep(1.0)
+    ws.snapshot_for_commit()
+    assert set(StatIndex.load(root).entries) == {"a.txt"}  # what a kill now would leave
 
 
 def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(store, tmp_path):

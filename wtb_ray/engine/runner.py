@@ -311,8 +311,9 @@ def _undo_rows(undo: list[dict[str, Any]], cursor: Cursor, node: str,
 
 
 def _save_index(run: Run) -> None:
-    """Keep the workspace's stat index for the next resume or fork (written once a drive
-    ends, not at every checkpoint: it is a cache, and losing it only costs a re-read)."""
+    """Keep the workspace's stat index for the next resume or fork (written when a drive
+    ends and every few seconds of a long one, not at every checkpoint: it is a cache, and
+    losing it only costs a re-read)."""
     if run.workspace is None:
         return
     try:

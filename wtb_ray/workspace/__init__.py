@@ -7,6 +7,7 @@ hold exactly the files of a checkpoint again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
 from wtb_ray.workspace.snapshot import Snapshot, Trees, Uploader
 from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
+
+# A run's checkpoints save the stat index at most this often (it is also saved when the run
+# stops): a process killed mid-run then re-reads only what changed in its last seconds.
+INDEX_SAVE_S = 5.0
 
 
 class Workspace:
@@ -34,6 +39,7 @@ class Workspace:
         self.reader = TreeReader(store)
         self._index: StatIndex | None = None
         self._trees: Trees = {}  # the last snapshot's directories (a memo of their hashes)
+        self._index_saved_at = time.monotonic()
         self.last_files_read = 0
 
     @property
@@ -51,8 +57,12 @@ class Workspace:
     def snapshot_for_commit(self) -> tuple[str, list[tuple[str, str, int, bytes]]]:
         """Record the directory for a checkpoint: (root tree, new blobs small enough to be
         written in the checkpoint's own transaction). Larger uploads are done already. The
-        stat index is saved by ``save_index`` (a lost index only costs a re-read)."""
-        return self._snapshot(inline=True)
+        stat index is saved every INDEX_SAVE_S, not at each checkpoint (a cache: losing it
+        costs a re-read), and by ``save_index``."""
+        result = self._snapshot(inline=True)
+        if time.monotonic() - self._index_saved_at >= INDEX_SAVE_S:
+            self.save_index()
+        return result
 
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
         if not self.path.is_dir():  # a failed mkdir costs more than a stat
@@ -66,6 +76,7 @@ class Workspace:
     def save_index(self) -> None:
         if self._index is not None:
             self._index.save()
+        self._index_saved_at = time.monotonic()
 
     def restore(self, root_tree: str | None, sources: list[str] | None = None) -> None:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
