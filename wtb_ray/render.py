@@ -103,3 +103,25 @@ def history(console: Console, events: list[Event]) -> None:
         table.add_row(clock, e.kind, e.node or "", str(e.checkpoint_id or ""), detail,
                       style="red" if e.kind.endswith("failed") else None)
     console.print(table, markup=False, highlight=False)
+
+
+def executions(console: Console, items: list[Execution]) -> None:
+    if not items:
+        console.print("no executions")
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True)  # ids are what the other commands take: never cut
+    table.add_column("workflow", overflow="fold")
+    table.add_column("status")
+    table.add_column("step")
+    table.add_column("updated", no_wrap=True)
+    table.add_column("forked from", overflow="fold")
+    batches = any(ex.batch_id for ex in items)
+    if batches:
+        table.add_column("batch", overflow="fold")
+    for ex in items:
+        forked = (f"{ex.parent_execution_id} @{ex.forked_from_checkpoint_id}"
+                  if ex.parent_execution_id else "")
+        table.add_row(ex.id, ex.workflow_name, status(ex.status.value), str(ex.step),
+                      when(ex.updated_at), forked, *([ex.batch_id or ""] if batches else []))
+    console.print(table, highlight=False)

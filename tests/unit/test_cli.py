@@ -1,6 +1,10 @@
 """The `wtb` command: output contracts, and bad input refused in one line with nothing written."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -78,6 +82,19 @@ def _prepare(cli):
     return done["id"], paused["id"]
 
 
+def test_list_shows_executions_newest_first_and_filters_by_status(cli):
+    done, paused = _prepare(cli)
+    fork = as_json(cli("fork", done, "--json"))["execution"]["id"]
+    listed = as_json(cli("list", "--json"))["executions"]
+    assert [e["id"] for e in listed] == [fork, paused, done]
+    assert listed[0]["parent_execution_id"] == done
+    assert [e["id"] for e in as_json(cli("list", "--status", "paused", "--json"))
+            ["executions"]] == [paused]
+    assert len(as_json(cli("list", "--limit", "1", "--json"))["executions"]) == 1
+    table = cli("list")
+    assert table.exit_code == 0 and all(i in table.stdout for i in (done, paused, fork))
+
+
 BAD_INPUT = [
     (["run", "no_such_module:wf"], "cannot import workflow module 'no_such_module'"),
     (["run", "not-a-ref"], "must look like package.module:attr"),
@@ -116,6 +133,7 @@ BAD_INPUT = [
     (["gc", "--before", "yesterday"], "--before expects an ISO date or datetime"),
     (["gc", "--grace", "-5"], "--grace must be >= 0 seconds"),
     (["delete", "unknown-id"], "execution 'unknown-id' not found"),
+    (["list", "--status", "done"], "--status 'done' is not one of pending, running, paused"),
 ]
 
 
@@ -178,3 +196,20 @@ def test_diff_shows_a_unified_diff_of_text_state_values(cli):
     diff = as_json(cli("diff", str(patch["parent_id"]), str(patch["id"]), "--json"))
     change = diff["state"]["changed"]["text"]
     assert change["a"] == "one\ntwo\n" and "-two\n+three\n" in change["diff"]
+
+
+def test_the_installed_command_imports_workflows_from_the_directory_it_runs_in(tmp_path):
+    """`wtb run flows:wf` beside flows.py, with nothing on PYTHONPATH (the console script's
+    import path starts at its own bin directory, not at the current one)."""
+    script = Path(sys.executable).with_name("wtb")
+    assert script.exists(), "the wtb script is not installed (pip install -e .)"
+    (tmp_path / "flows_beside_me.py").write_text(
+        "from wtb_ray import END, Workflow\n"
+        "wf = Workflow('beside', nodes={'a': lambda s, c: {'n': 1}}, edges={'a': END},"
+        " entry='a')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(WTB_HOME=str(tmp_path / "home"), WTB_DATABASE_URL=f"sqlite:///{tmp_path}/w.db")
+    result = subprocess.run([str(script), "run", "flows_beside_me:wf", "--json"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["execution"]["status"] == "completed"

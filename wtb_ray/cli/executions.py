@@ -1,4 +1,4 @@
-"""`wtb run|show|checkpoints|history|pause|stop|resume|rollback|fork`."""
+"""`wtb run|list|show|checkpoints|history|pause|stop|resume|rollback|fork`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from wtb_ray.cli.common import (
     parse_variants,
 )
 from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.domain.execution import Status
 
 WorkspaceOpt = Annotated[str | None, typer.Option(
     "--workspace", metavar="DIR",
@@ -74,6 +75,26 @@ def run(ref: Annotated[str, typer.Argument(help="Workflow as package.module:attr
                        break_after=break_after or [], workspace=workspace,
                        workspace_ignore=ignore or [])
         finish(bench, ex, json_out)
+
+
+@app.command("list")
+@guarded
+def list_executions(
+        status: Annotated[str | None, typer.Option(
+            help="Only executions in this status (running, paused, failed, ...).")] = None,
+        batch: Annotated[str | None, typer.Option(help="Only the cells of this batch.")] = None,
+        limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+        json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Executions, newest first: their ids, status and where they were forked from."""
+    if status is not None and status not in {s.value for s in Status}:
+        raise InvalidInput(f"--status {status!r} is not one of "
+                           f"{', '.join(s.value for s in Status)}")
+    with open_bench(db) as bench:
+        items = bench.store.executions(status=status, batch_id=batch, limit=limit)
+    if json_out:
+        print(json.dumps({"executions": [ex.to_dict() for ex in items]}, default=str))
+    else:
+        render.executions(out, items)
 
 
 @app.command()
