@@ -10,11 +10,10 @@ from fastapi import APIRouter, Query, Request
 from serve.checks import check_matrix
 from serve.context import BadField, Ctx
 from serve.models import BatchIn, IdPath
+from serve.paging import Limit, Offset, next_page
 from wtb_ray.batch.spec import parse_spec
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 BatchStatus = Literal["pending", "running", "completed", "cancelled"]
 
 
@@ -24,12 +23,6 @@ def links(request: Request, batch_id: str) -> dict[str, str]:
             "results": f"{base}/v1/batches/{batch_id}/results",
             "events": f"{base}/v1/events?batch_id={batch_id}",
             "cancel": f"{base}/v1/batches/{batch_id}/cancel"}
-
-
-def next_page(request: Request, count: int, limit: int, offset: int) -> str | None:
-    if count < limit:
-        return None
-    return str(request.url.include_query_params(limit=limit, offset=offset + limit))
 
 
 @router.post("", status_code=202, responses={202: {"links": {

@@ -1,16 +1,18 @@
-"""/v1/executions: start one run, read it, and control it (pause, stop, resume, rollback,
-fork). Runs happen in Ray tasks; what the caller can get wrong is answered on the request."""
+"""/v1/executions: start one run, list them, read one and control it (pause, stop, resume,
+rollback, fork). Runs happen in Ray tasks; what the caller can get wrong is answered on the
+request."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from actors.runs import drive
 from serve.checks import check_choice, check_nodes
 from serve.context import Api, BadField, Ctx
 from serve.models import ExecutionIn, ForkIn, IdPath, ResumeIn, RollbackIn
+from serve.paging import Limit, Offset, next_page
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.engine.lease import lease_is_dead
@@ -58,6 +60,18 @@ def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
                           labels=body.labels)
     run_in_cluster(ctx, "start", ex.id)
     return view(request, ex)
+
+
+@router.get("")
+def list_executions(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offset = 0,
+                    status: Annotated[Status | None, Query()] = None,
+                    batch_id: Annotated[str | None, Query(max_length=32)] = None
+                    ) -> dict[str, Any]:
+    """Executions, newest first."""
+    page = ctx.bench.store.executions(status=status.value if status else None,
+                                      batch_id=batch_id, limit=limit, offset=offset)
+    return {"executions": [ex.to_dict() for ex in page], "limit": limit, "offset": offset,
+            "next": next_page(request, len(page), limit, offset)}
 
 
 @router.get("/{execution_id}")

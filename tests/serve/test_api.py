@@ -80,7 +80,7 @@ def test_every_other_route_needs_the_bearer_token(api):
                 assert response.status_code == 401, (method, path, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
                 checked += 1
-    assert checked == 3 * 16  # 5 batch, 8 execution, events, workflows, metrics
+    assert checked == 3 * 17  # 5 batch, 9 execution, events, workflows, metrics
 
 
 def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api):
@@ -156,6 +156,15 @@ def test_pause_resume_rollback_and_fork_over_http(api):
     again = api.client.post(f"/v1/executions/{fork_id}/resume", json={})
     assert again.status_code == 409
     assert api.client.get("/v1/executions/nope").status_code == 404
+
+    listed = api.client.get("/v1/executions", params={"limit": 500}).json()
+    ids = [e["id"] for e in listed["executions"]]
+    assert ids.index(fork_id) < ids.index(ex_id) and listed["next"] is None  # newest first
+    paused_only = api.client.get("/v1/executions", params={"status": "paused"}).json()
+    assert ex_id in [e["id"] for e in paused_only["executions"]]
+    assert {e["status"] for e in paused_only["executions"]} == {"paused"}
+    first = api.client.get("/v1/executions", params={"limit": 1}).json()
+    assert first["executions"][0]["id"] == ids[0] and first["next"].endswith("offset=1")
     assert api.client.post("/v1/batches/nope/cancel").status_code == 404
 
 

@@ -109,6 +109,10 @@ MALFORMED = [
      "status"),
     ("list: limit zero", "GET", "/v1/batches?limit=0", None, 422, "limit"),
     ("list: offset negative", "GET", "/v1/batches?offset=-1", None, 422, "offset"),
+    ("executions: status not an execution status", "GET", "/v1/executions?status=done", None,
+     422, "status"),
+    ("executions: limit over the maximum", "GET", "/v1/executions?limit=501", None, 422,
+     "limit"),
     ("events: batch id with odd characters", "GET", "/v1/events?batch_id=../x", None, 422,
      "batch_id"),
 ]
