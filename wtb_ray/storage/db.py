@@ -2,7 +2,8 @@
 
 SQLite: WAL, busy_timeout, synchronous=NORMAL, foreign keys on; write transactions start with
 BEGIN IMMEDIATE so two writers queue for the write lock instead of failing on lock upgrade
-(polling for it finely: see ``begin_immediate``).
+(polling for it finely: see ``begin_immediate``); WAL checkpoints run on a thread of their own
+(``wal_checkpointer``; see wal.py).
 PostgreSQL: psycopg 3 with ``prepare_threshold=None``: no server-side prepared statements, so it
 works behind PgBouncer in transaction mode.
 """
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import weakref
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from wtb_ray.storage.wal import WalCheckpointer
+
 WRITE_FLAG = "wtb_write"
 LOCK_POLL_S = (0.0001, 0.002)  # first and longest sleep between tries for the write lock
+_checkpointers: weakref.WeakKeyDictionary[Engine, WalCheckpointer] = weakref.WeakKeyDictionary()
 
 
 def normalize_url(url: str) -> str:
@@ -76,6 +81,8 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        if path is not None:
+            cur.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -85,7 +92,15 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
         else:
             conn.exec_driver_sql("BEGIN")
 
+    if path is not None:
+        checkpointer = _checkpointers[engine] = WalCheckpointer(path, busy_timeout_ms)
+        event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
     return engine
+
+
+def wal_checkpointer(engine: Engine) -> WalCheckpointer | None:
+    """The checkpointer an SQLite file's engine has, to be told of each commit."""
+    return _checkpointers.get(engine)
 
 
 def begin_immediate(dbapi_conn: sqlite3.Connection) -> None:

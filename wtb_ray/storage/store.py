@@ -103,6 +103,7 @@ class Store:
         self._hot: Any = None
         self._hot_lock = threading.Lock()
         self.write_latency = Latency()  # of commits, for the metrics endpoint
+        self._wal = db.wal_checkpointer(engine)  # SQLite: told of every commit
 
     @classmethod
     def open(cls, url: str, *, auto_migrate: bool | None = None, busy_timeout_ms: int = 30_000,
@@ -128,6 +129,8 @@ class Store:
             conn.info[db.WRITE_FLAG] = True
             with conn.begin():
                 yield conn
+            if self._wal is not None:
+                self._wal.committed(conn.connection.driver_connection)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -246,6 +249,8 @@ class Store:
             dbapi.rollback()
             raise
         dbapi.commit()
+        if self._wal is not None:
+            self._wal.committed(dbapi)
         return outcomes
 
     def _sqlite_change(self, cur: Any, change: Change, now: float) -> Committed:
