@@ -182,11 +182,10 @@ class BatchOrchestrator:
                     self.gave_up.pop(batch_id, None)
                     return
                 except Exception:
-                    delay = retry_s * 2 ** attempt
-                    log.exception("batch %s: the driver failed (attempt %d of %d); trying "
-                                  "again in %.1f s", batch_id, attempt + 1, DRIVER_ATTEMPTS,
-                                  delay)
-                    await asyncio.sleep(delay)
+                    log.exception("batch %s: the driver failed (attempt %d of %d)", batch_id,
+                                  attempt + 1, DRIVER_ATTEMPTS)
+                    if attempt + 1 < DRIVER_ATTEMPTS:
+                        await asyncio.sleep(retry_s * 2 ** attempt)
                     takeover = True  # its executors were killed with it
             # It yields its turn (another batch may run) and stays running in the database.
             give_ups = self.gave_up.get(batch_id, (0, 0.0))[0]

@@ -3,7 +3,6 @@ WAL stays bounded even under a writer that never pauses."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from sqlalchemy import text
@@ -69,10 +68,9 @@ def test_a_writer_that_never_pauses_keeps_the_wal_bounded(sqlite_url, monkeypatc
 
 def test_closing_the_store_ends_the_thread(sqlite_url, monkeypatch):
     monkeypatch.setattr(wal, "CHECKPOINT_FRAMES", 1)
-    store = Store.open(sqlite_url)
-    bench = Bench(store)
+    bench = Bench(Store.open(sqlite_url))
+    checkpointer = db.wal_checkpointer(bench.store.engine)
     bench.run(WORKFLOW, {"count": 0})
-    _wait(lambda: any(t.name == "wtb-wal-checkpoint" for t in threading.enumerate()))
+    _wait(lambda: checkpointer.running)
     bench.close()
-    assert not any(t.name == "wtb-wal-checkpoint" and t.is_alive()
-                   for t in threading.enumerate())
+    assert not checkpointer.running
