@@ -23,10 +23,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from serve.context import BadField, Ctx
-from serve.models import MAX_ROW_ID
+from serve.models import MAX_ROW_ID, IdQuery
 
 router = APIRouter(tags=["events"])
-Ident = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
 FINAL = {"batch.completed", "batch.cancelled"}
 POLL_S = 0.25
 
@@ -40,8 +39,8 @@ EventId = Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)]
 
 @router.get("/v1/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def events(ctx: Ctx, request: Request, batch_id: Ident = None,
-                 execution_id: Ident = None, last_event_id: EventId = None) -> StreamingResponse:
+async def events(ctx: Ctx, request: Request, batch_id: IdQuery = None,
+                 execution_id: IdQuery = None, last_event_id: EventId = None) -> StreamingResponse:
     header = request.headers.get("last-event-id")
     if header is not None and not (header.isdigit() and int(header) <= MAX_ROW_ID):
         raise BadField("Last-Event-ID", f"must be an event id (an integer from 0 to {MAX_ROW_ID})")

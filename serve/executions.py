@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from actors.runs import drive
 from serve.checks import check_choice, check_nodes
 from serve.context import Api, BadField, Ctx
-from serve.models import ExecutionIn, ForkIn, IdPath, ResumeIn, RollbackIn
+from serve.models import ExecutionIn, ForkIn, IdPath, IdQuery, ResumeIn, RollbackIn
 from serve.paging import Limit, Offset, next_page
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
@@ -65,7 +65,7 @@ def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
 @router.get("")
 def list_executions(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offset = 0,
                     status: Annotated[Status | None, Query()] = None,
-                    batch_id: Annotated[str | None, Query(max_length=32)] = None
+                    batch_id: IdQuery = None
                     ) -> dict[str, Any]:
     """Executions, newest first."""
     page = ctx.bench.store.executions(status=status.value if status else None,

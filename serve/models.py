@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wtb_ray.batch.spec import Evaluator, NoNul
@@ -26,6 +26,8 @@ MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 # Batch and execution ids as they appear in a path: anything else cannot name a row.
 IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]
+# An id in a query string (batch_id=, execution_id=): ids are letters and digits.
+IdQuery = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
 
 
 class Strict(BaseModel):

@@ -113,6 +113,8 @@ MALFORMED = [
      422, "status"),
     ("executions: limit over the maximum", "GET", "/v1/executions?limit=501", None, 422,
      "limit"),
+    ("executions: batch id with a NUL character", "GET", "/v1/executions?batch_id=a%00b",
+     None, 422, "batch_id"),
     ("events: batch id with odd characters", "GET", "/v1/events?batch_id=../x", None, 422,
      "batch_id"),
 ]
