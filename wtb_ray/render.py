@@ -112,16 +112,23 @@ def executions(console: Console, items: list[Execution]) -> None:
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True)  # ids are what the other commands take: never cut
     table.add_column("workflow", overflow="fold")
-    table.add_column("status")
-    table.add_column("step")
+    table.add_column("status", no_wrap=True)
+    table.add_column("step", no_wrap=True, justify="right")
     table.add_column("updated", no_wrap=True)
-    table.add_column("forked from", overflow="fold")
+    # Only the columns some row fills: a terminal of 80 columns still shows every id whole.
+    forks = any(ex.parent_execution_id for ex in items)
     batches = any(ex.batch_id for ex in items)
+    if forks:
+        table.add_column("forked from", overflow="fold")
     if batches:
-        table.add_column("batch", overflow="fold")
+        table.add_column("batch", no_wrap=True)
     for ex in items:
-        forked = (f"{ex.parent_execution_id} @{ex.forked_from_checkpoint_id}"
-                  if ex.parent_execution_id else "")
-        table.add_row(ex.id, ex.workflow_name, status(ex.status.value), str(ex.step),
-                      when(ex.updated_at), forked, *([ex.batch_id or ""] if batches else []))
+        row = [ex.id, ex.workflow_name, status(ex.status.value), str(ex.step),
+               time.strftime("%m-%d %H:%M:%S", time.localtime(ex.updated_at))]
+        if forks:
+            row.append(f"{ex.parent_execution_id} @{ex.forked_from_checkpoint_id}"
+                       if ex.parent_execution_id else "")
+        if batches:
+            row.append(ex.batch_id or "")
+        table.add_row(*row)
     console.print(table, highlight=False)
