@@ -8,6 +8,7 @@ PostgreSQL is missing: the run fails, because CI must exercise every backend.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,9 +33,19 @@ BACKENDS = ("sqlite", "postgres", "pgbouncer")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port between Ray's worker ports (10002-19999) and the kernel's ephemeral range
+    (32768 up): a port the kernel picked for us is soon handed to some outgoing connection,
+    which can take it before the server meant to listen there binds it (a Ray metrics
+    agent failed to start so, once, in CI)."""
+    for _ in range(500):
+        port = random.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def pg_url(database: str, port: int = PG_PORT) -> str:
@@ -173,10 +184,17 @@ def ray_cluster():
     """One local Ray instance for the whole session (starting one takes seconds)."""
     import ray
 
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="wtb",
-             log_to_driver=False, _metrics_export_port=metrics_port,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    for attempt in range(2):  # a port taken between choosing and binding it: once more
+        metrics_port = free_port()
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="wtb",
+                     log_to_driver=False, _metrics_export_port=metrics_port,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt:
+                raise
     yield {"metrics_port": metrics_port}
     ray.shutdown()
 
