@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from actors.orchestrator import NAMESPACE, get_or_create
 from wtb_ray.batch.spec import BatchSpec
@@ -39,11 +41,43 @@ def submit(spec: BatchSpec, settings: Settings) -> tuple[Any, str]:
     return orchestrator, batch_id
 
 
+Outage = Callable[[str, float, "dict[str, Any] | None"], None]
+
+
 def follow(orchestrator: Any, batch_id: str, on_progress: Callable[[dict[str, Any]], None],
-           poll_s: float = 0.5) -> dict[str, Any]:
-    """Report progress until the batch has finished (or only paused cells are left)."""
+           poll_s: float = 0.5, on_outage: Outage | None = None) -> dict[str, Any]:
+    """Report progress until the batch has finished (or only paused cells are left).
+
+    While the orchestrator cannot read the database (each poll then fails after its
+    WTB_RECONNECT_SECONDS), the batch goes on without it, so following does too:
+    ``on_outage(error, since, last progress)`` is told at every failed poll, until the
+    database answers again."""
+    last: dict[str, Any] | None = None
+    since: float | None = None
     while True:
-        progress = ray.get(orchestrator.wait.remote(batch_id, poll_s))
+        try:
+            progress = ray.get(orchestrator.wait.remote(batch_id, poll_s))
+        except ray.exceptions.RayTaskError as exc:
+            if not database_away(exc):
+                raise
+            since = since or time.time()
+            if on_outage is not None:
+                on_outage(_first_line(getattr(exc, "cause", None) or exc), since, last)
+            time.sleep(poll_s)
+            continue
+        since, last = None, progress
         on_progress(progress)
         if progress["batch"]["status"] in ("completed", "cancelled") or not progress["driving"]:
             return progress
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether a remote call failed because the database did not answer (connection refused
+    or dropped, retried for WTB_RECONNECT_SECONDS), not because of the call itself."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, (OperationalError, InterfaceError))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from actors import client
 from wtb_ray.batch.plan import check_against, plan_cells
@@ -36,7 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {batch_id}: {b['status']} {b['completed']} completed, {b['failed']} "
               f"failed, {b['cancelled']} cancelled of {b['total']}", flush=True)
 
-    final = client.follow(orchestrator, batch_id, report, poll_s=2.0)
+    told = {"at": 0.0}
+
+    def outage(error: str, since: float, last: dict | None) -> None:
+        if time.time() - told["at"] >= 30:  # a line every 30 s, not every poll
+            told["at"] = time.time()
+            print(f"batch {batch_id}: database unreachable for {time.time() - since:.0f} s "
+                  f"({error}); the batch goes on, still following", flush=True)
+
+    final = client.follow(orchestrator, batch_id, report, poll_s=2.0, on_outage=outage)
     import ray
 
     final["leaderboard"] = ray.get(orchestrator.leaderboard.remote(batch_id))

@@ -1,12 +1,15 @@
 """A batch outlives a database outage longer than its driver's retries: PostgreSQL through a
-PgBouncer of its own, stopped for real mid-batch and started again."""
+PgBouncer of its own, stopped for real mid-batch and started again. Whoever follows the
+batch (`wtb batch run`, a Ray job) follows it through the outage too."""
 
 import contextlib
+import threading
 import time
 import uuid
 
 import ray
 
+from actors import client
 from tests.conftest import start_pgbouncer
 from tests.integration.test_batch_local import check_matrix_results
 from tests.ray.conftest import wait_for
@@ -27,14 +30,34 @@ def test_a_batch_whose_driver_gave_up_in_an_outage_completes_once_the_database_i
         spec, point = held_spec(tmp_path)
         orchestrator, batch_id = submit(settings, spec)
         wait_for(tmp_path / f"{point}.waiting")
+        outages: list[tuple[str, float, dict | None]] = []
+        followed: list[dict | BaseException] = []
+
+        def follower() -> None:
+            try:
+                followed.append(client.follow(orchestrator, batch_id, lambda p: None,
+                                              poll_s=0.2, on_outage=lambda *a: outages.append(a)))
+            except BaseException as exc:  # the test reports it
+                followed.append(exc)
+
+        following = threading.Thread(target=follower, daemon=True)
+        following.start()
         bouncer.stop()
         (tmp_path / f"{point}.go").write_text("")  # its checkpoint finds no database
         deadline = time.time() + 120
-        while batch_id not in ray.get(orchestrator.stalled.remote()):
-            assert time.time() < deadline, "the driver never gave up"
+        while batch_id not in ray.get(orchestrator.stalled.remote()) or not outages:
+            assert time.time() < deadline, f"the driver never gave up: {outages, followed}"
             time.sleep(0.2)
         bouncer.start()
         assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+        following.join(60)
+        # The follower was told of the outage (the database's own error, and when it began)
+        # and went on to the batch's end instead of failing with the first unanswered read.
+        assert followed and isinstance(followed[0], dict), followed
+        assert followed[0]["batch"]["status"] == "completed"
+        error, since, _ = outages[0]
+        assert "OperationalError" in error and since <= time.time()
+        assert len({o[1] for o in outages}) == 1  # one outage, however many polls failed
         assert ray.get(orchestrator.stalled.remote()) == {}
         service = BatchService(bench_factory(url))
         check_matrix_results(service, batch_id)  # every cell completed exactly once

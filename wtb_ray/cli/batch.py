@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group
 from rich.live import Live
+from rich.text import Text
 
-from wtb_ray.cli.batch_view import leaderboard_table, progress_table, results_csv
+from wtb_ray.cli.batch_view import (
+    leaderboard_table,
+    outage_line,
+    progress_table,
+    results_csv,
+)
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, out
 from wtb_ray.config import Settings
 from wtb_ray.domain.errors import InvalidInput
@@ -54,11 +61,21 @@ def run_and_show(spec, settings: Settings, address: str | None, as_json: bool) -
     orchestrator, batch_id = client.submit(spec, settings)
     err.print(f"batch {batch_id} submitted", highlight=False)
     if as_json:
-        final = client.follow(orchestrator, batch_id, lambda p: None)
+        told: list[float] = []
+
+        def warn(error: str, since: float, last: dict | None) -> None:
+            if since not in told:  # once per outage
+                told.append(since)
+                err.print(outage_line(error, since), highlight=False)
+
+        final = client.follow(orchestrator, batch_id, lambda p: None, on_outage=warn)
     else:
         with Live(console=err, refresh_per_second=4, transient=False) as live:
-            final = client.follow(orchestrator, batch_id,
-                                  lambda p: live.update(progress_table(p)))
+            final = client.follow(
+                orchestrator, batch_id, lambda p: live.update(progress_table(p)),
+                on_outage=lambda error, since, last: live.update(Group(
+                    *([progress_table(last)] if last else []),
+                    Text(outage_line(error, since), style="yellow"))))
         if not err.is_terminal:
             err.print()  # off a terminal, Live leaves its last line unended
     import ray

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from typing import Any
 
 from rich.table import Table
@@ -21,7 +22,10 @@ def combo_label(combo: str | dict[str, str]) -> str:
 
 def progress_table(progress: dict[str, Any]) -> Table:
     batch = progress["batch"]
-    done = batch["completed"] + batch["failed"] + batch["cancelled"]
+    # Counted from the cells, as the rows below are (the batch's own counts are saved by
+    # its driver every so often, and lag them while it runs).
+    done = sum(counts.get(s, 0) for counts in progress["combinations"].values()
+               for s in ("completed", "failed", "cancelled"))
     retry = progress.get("retry_in_s")  # its driver failed (the database away, say)
     waiting = f"  (driver failed; tried again in {retry:.0f} s)" if retry is not None else ""
     table = Table(title=f"batch {batch['id']} {batch['name']}: {status_style(batch['status'])}"
@@ -35,6 +39,13 @@ def progress_table(progress: dict[str, Any]) -> Table:
     for combo, counts in sorted(progress["combinations"].items()):
         table.add_row(combo_label(combo), *(str(counts.get(c, 0)) for c in shown))
     return table
+
+
+def outage_line(error: str, since: float) -> str:
+    """Shown while the database does not answer: the batch goes on without us watching."""
+    return (f"database unreachable since {time.strftime('%H:%M:%S', time.localtime(since))} "
+            f"({error}); the batch goes on, and its progress shows again once the database "
+            "answers")
 
 
 def leaderboard_table(rows: list[dict[str, Any]]) -> Table:
