@@ -3,6 +3,7 @@ and a refusal to listen off loopback without WTB_API_TOKEN."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -31,9 +32,11 @@ def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
                          WTB_ORCHESTRATOR_NAME="wtb-orchestrator-serve-cli")
     env.pop("WTB_API_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
+    # Started as `wtb serve &` from a script starts it: SIGINT ignored (no job control).
     server = subprocess.Popen(wtb_cmd("serve", "--port", str(port)), env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.time() + 240
         while True:
@@ -53,9 +56,13 @@ def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
         listed = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert [w["name"] for w in listed.json()["workflows"]] == ["astro-qa"]
     finally:
-        os.killpg(server.pid, signal.SIGINT)  # what Ctrl-C does: Serve shut down, Ray stopped
+        server.send_signal(signal.SIGTERM)  # `kill`: Serve shut down, Ray stopped, exit 0
         try:
             server.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        with contextlib.suppress(ProcessLookupError):  # nothing of its Ray may outlive it
+            os.killpg(server.pid, signal.SIGKILL)
+    assert server.returncode == 0, server.stderr.read()[-2000:]
+    assert "WTB API stopped" in server.stderr.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Annotated
 
@@ -34,6 +35,9 @@ def serve_api(host: Annotated[str | None, typer.Option(help="Default WTB_API_HOS
     where = ("WTB_API_TOKEN" if settings.api_token is not None else str(token_path(settings)))
     err.print(f"WTB API at {url} (docs: {url}/docs); bearer token in {where}",
               highlight=False)
+    # `kill` (and a service manager's stop) shut it down as Ctrl-C does. SIGINT is left as
+    # it came: a shell starting `wtb serve &` without job control ignores it on purpose.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -41,3 +45,8 @@ def serve_api(host: Annotated[str | None, typer.Option(help="Default WTB_API_HOS
         from ray import serve
 
         serve.shutdown()
+        err.print("WTB API stopped", highlight=False)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
