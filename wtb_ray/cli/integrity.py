@@ -7,7 +7,6 @@ left (so a cron job or CI can alert on it), 2 on bad input.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, open_bench, out
 from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.render import when
 
 SHOWN = 50
 integrity_app = typer.Typer(no_args_is_help=True,
@@ -68,18 +68,14 @@ def report(last: Annotated[bool, typer.Option(
     table = Table("id", "started", "trigger", "repair", "found", "repaired", box=None,
                   pad_edge=False)
     for r in listed:
-        table.add_row(str(r["id"]), _when(r["started_at"]), r["trigger"],
+        table.add_row(str(r["id"]), when(r["started_at"]), r["trigger"],
                       "yes" if r["repair"] else "no", str(r["found"]), str(r["repaired"]))
     out.print(table)
 
 
-def _when(at: float) -> str:
-    return datetime.fromtimestamp(at).isoformat(sep=" ", timespec="seconds")
-
-
 def _show(report: dict[str, Any]) -> None:
     took = report["finished_at"] - report["started_at"]
-    out.print(f"integrity report {report['id']} ({_when(report['started_at'])}, {took:.1f} s, "
+    out.print(f"integrity report {report['id']} ({when(report['started_at'])}, {took:.1f} s, "
               f"{'check and repair' if report['repair'] else 'check only'}): "
               f"{report['found']} finding(s), {report['repaired']} repaired", highlight=False)
     counts = {k: c for k, c in report["counts"].items() if c["found"]}
