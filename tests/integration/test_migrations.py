@@ -52,3 +52,36 @@ def test_postgres_needs_an_explicit_upgrade(create_pg_database, pgbouncer, throu
 def test_unreachable_database_is_a_clear_error():
     with pytest.raises(StorageError, match="cannot reach the database"):
         Store.open("postgresql://postgres@127.0.0.1:1/nope")
+
+
+def test_the_postgres_commit_function_names_every_column_the_store_writes(create_pg_database):
+    """Migration 0005's function lists the columns it copies from the JSON of a change: a
+    column added to schema.py and written by change_sql but missing there would be dropped
+    without an error. Then its migration must replace the function."""
+    from importlib import import_module
+
+    from wtb_ray.storage import change_sql
+
+    frozen = import_module("wtb_ray.storage.migrations.versions.0005_pg_commit_function")
+    assert set(frozen.EXECUTION) == set(change_sql.EXECUTION_COLS)
+    assert {*frozen.SETTABLE, "head_checkpoint_id"} == change_sql.SETTABLE
+    for mine, theirs in ((frozen.BLOB, change_sql.BLOB_COLS),
+                         (frozen.CHECKPOINT, change_sql.CHECKPOINT_COLS),
+                         (frozen.BOUNDARY, change_sql.BOUNDARY_COLS),
+                         (frozen.AUDIT, change_sql.AUDIT_COLS),
+                         (frozen.OUTBOX, change_sql.OUTBOX_COLS),
+                         (frozen.UNDO, change_sql.UNDO_COLS)):
+        assert mine == theirs
+    from wtb_ray.storage.schema import BLOB_REFRESH_SECONDS
+    assert frozen.BLOB_REFRESH_SECONDS == BLOB_REFRESH_SECONDS
+    # ... and the function in a migrated database is that one.
+    url = pg_url(create_pg_database())
+    engine = dbmod.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            body = conn.exec_driver_sql(
+                "SELECT pg_get_functiondef('wtb_commit_change(jsonb)'::regprocedure)").scalar()
+    finally:
+        engine.dispose()
+    for column in (*frozen.EXECUTION, *frozen.CHECKPOINT, *frozen.OUTBOX, *frozen.UNDO):
+        assert f"r.{column}" in body

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from tests import workflows
 from wtb_ray import ConcurrencyConflict, Status
+from wtb_ray.domain.errors import NotFound
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.engine.state import TrackedState
@@ -274,3 +275,43 @@ def test_blob_writes_refresh_only_stale_rows(store):
     store.run(lambda c: blob_io.put(c, [(other, packed_codec, 5, payload)], now), write=True)
     assert store.run(blob_io.existing, [h, other, "0" * 32]) == {h, other}
     assert store.run(blob_io.fetch, [other]) == {other: b"chunk"}
+
+
+def test_a_commit_for_a_deleted_execution_is_not_found_and_writes_nothing(store):
+    ex, state = new_execution(store)
+    with store.write() as conn:  # gone under the runner (deleted by another process)
+        for table, column in (("outbox", "aggregate_id"), ("audit_log", "execution_id"),
+                              ("checkpoints", "execution_id"), ("executions", "id")):
+            conn.exec_driver_sql(f"DELETE FROM {table} WHERE {column} = '{ex.id}'")
+    before = store.table_counts()
+    with pytest.raises(NotFound, match=ex.id):
+        step(store, ex, state, {"a": 1}, version=ex.version)
+    assert store.table_counts() == before
+
+
+def test_every_column_of_a_boundary_and_its_texts_round_trip(store):
+    """Times to the last bit, booleans, NULLs, quotes, backslashes and non-ASCII; a NUL, which
+    PostgreSQL's text cannot hold, does not fail the commit (it reads back as U+FFFD there)."""
+    ex, state = new_execution(store)
+    write = state.checkpoint({"a": "it's \\ \u00e9\u6f22 \U0001f600"}, node="n'1",
+                             parent_id=ex.head_checkpoint_id, step=1, kind="node", next_node="b")
+    error = "ValueError: bad\x00byte 'quoted' \\n \u00e9"
+    committed = store.commit(Change(
+        ex.id, [Event("node.failed", ex.id, "n'1", data={"error": error})],
+        {"step": 1, "lease_expires_at": 1795330215.7638016},
+        fence_version=ex.version, checkpoint=write,
+        boundary={"step": 1, "node": "n'1", "variant": "v\u00e9", "attempt": 2,
+                  "entry_checkpoint_id": ex.head_checkpoint_id, "status": "failed",
+                  "started_at": 1795330185.763695, "duration_ms": 0.06676499992863683,
+                  "error": error, "usage": None}))
+    (boundary,) = store.boundaries(ex.id)
+    nul = "\x00" if store.dialect == "sqlite" else "\ufffd"
+    assert boundary.error == error.replace("\x00", nul)
+    assert (boundary.node, boundary.variant, boundary.attempt) == ("n'1", "v\u00e9", 2)
+    assert (boundary.started_at, boundary.duration_ms) == (1795330185.763695,
+                                                           0.06676499992863683)
+    loaded = store.execution(ex.id)
+    assert loaded.lease_expires_at == 1795330215.7638016
+    assert loaded.head_checkpoint_id == committed.checkpoint_id
+    assert store.state_at(committed.checkpoint_id)[0]["a"] == "it's \\ \u00e9\u6f22 \U0001f600"
+    assert store.history(ex.id)[-1].data == {"error": error}

@@ -1,22 +1,22 @@
 """The SQL of one Change (a node boundary, a pause, a new execution), for both dialects.
 
-A boundary writes up to seven statements. Built through SQLAlchemy's expression layer they
-cost more than SQLite takes to run them, and sent one by one through PgBouncer each costs a
-round trip (~0.2 ms here). So the column lists come from schema.py, the text is rendered here
-once per shape of change (how many blobs and events, which fences) and cached, and the
-statements run on the DBAPI connection:
+A boundary writes to up to seven tables. Built through SQLAlchemy's expression layer its
+statements cost more than SQLite takes to run them, and sent as text to PostgreSQL each is
+parsed and planned at every commit (about a third of a commit there). So:
 
-* SQLite: one by one inside BEGIN IMMEDIATE; the checkpoint id is the insert's rowid, and the
-  fenced UPDATE goes last (a failed fence rolls the transaction back).
-* PostgreSQL: the whole transaction as one string with every value inlined as a literal
-  escaped by libpq, sent in one simple-protocol round trip. The fenced UPDATE goes first and
-  allocates the checkpoint id; if it matches no row, a guarded SELECT raises and PostgreSQL
-  aborts the rest.
+* SQLite: the column lists come from schema.py, the text is rendered here once per shape of
+  change (how many blobs and events, which fences) and cached, and the statements run one by
+  one on the DBAPI connection inside BEGIN IMMEDIATE; the checkpoint id is the insert's rowid,
+  and the fenced UPDATE goes last (a failed fence rolls the transaction back).
+* PostgreSQL: the change is one call of the function wtb_commit_change (migration 0005), its
+  rows as JSON keyed by column, in one simple-protocol round trip; the function's statements
+  are planned once per server connection. A failed fence raises there, with FENCE_FAILED in
+  its message, and aborts the transaction.
 """
 
 from __future__ import annotations
 
-import math
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -33,8 +33,6 @@ from wtb_ray.storage.schema import (
 )
 
 FENCE_FAILED = "wtb fence failed"
-_NEXT_ID = "nextval(pg_get_serial_sequence('checkpoints', 'id'))"
-_CURRENT_ID = "currval(pg_get_serial_sequence('checkpoints', 'id'))"
 
 
 def _columns(table, *skip: str) -> tuple[str, ...]:
@@ -56,33 +54,14 @@ BLOB_CONFLICT = (f"ON CONFLICT (hash) DO UPDATE SET created_at = excluded.create
                  f"WHERE blobs.created_at < excluded.created_at - {BLOB_REFRESH_SECONDS!r}")
 
 
-def pg_literal(value: Any, escaping: Any) -> str:
-    """A PostgreSQL literal; strings and bytes are escaped by libpq for this connection."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else f"'{value!r}'::float8"
-    if isinstance(value, str):
-        return escaping.escape_literal(value.encode()).decode()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "'" + escaping.escape_bytea(bytes(value)).decode() + "'::bytea"
-    raise TypeError(f"no PostgreSQL literal for {type(value).__name__}")
-
-
 class ChangeSQL:
-    """Renders statements (cached by shape) and binds one change's parameters."""
+    """SQLite: renders statements (cached by shape) and binds one change's parameters."""
 
-    def __init__(self, dialect: str) -> None:
-        self.pg = dialect == "postgresql"
-        self.new_id = _NEXT_ID if self.pg else ":cid"  # where the new checkpoint id is made
-        self.cid = _CURRENT_ID if self.pg else ":cid"  # where it is used afterwards
+    cid = ":cid"  # the new checkpoint's id, once its insert has made it
 
-    def _ph(self, name: str) -> str:
-        return f"%({name})s" if self.pg else f":{name}"
+    @staticmethod
+    def _ph(name: str) -> str:
+        return f":{name}"
 
     def _row(self, prefix: str, cols: tuple[str, ...], extra: str = "") -> str:
         return "(" + ", ".join([*(self._ph(f"{prefix}_{c}") for c in cols),
@@ -90,33 +69,25 @@ class ChangeSQL:
 
     # -- statement text, cached per shape ------------------------------------------------
 
-    @lru_cache(maxsize=32)  # noqa: B019 - two instances per process at most
-    def insert_execution(self, with_checkpoint: bool) -> str:
-        head = self.new_id if (self.pg and with_checkpoint) else "NULL"
+    @lru_cache(maxsize=1)  # noqa: B019 - one instance per store, a few stores per process
+    def insert_execution(self) -> str:
+        # The head is set once the checkpoint exists (the caller's last statement).
         return (f"INSERT INTO executions ({', '.join(EXECUTION_COLS)}, head_checkpoint_id) "
-                f"VALUES {self._row('x', EXECUTION_COLS, head)}")
+                f"VALUES {self._row('x', EXECUTION_COLS, 'NULL')}")
 
     @lru_cache(maxsize=256)  # noqa: B019
     def update_execution(self, columns: tuple[str, ...], by_version: bool, by_owner: bool,
                          sets_head: bool) -> str:
         sets = [f"{c} = {self._ph('set_' + c)}" for c in columns]
         if sets_head:
-            sets.append(f"head_checkpoint_id = {self.new_id}")
+            sets.append(f"head_checkpoint_id = {self.cid}")
         fence = []
         if by_version:
             fence.append(f"version = {self._ph('fence_version')}")
         if by_owner:
             fence.append(f"lease_owner = {self._ph('fence_owner')} AND status = 'running'")
-        where = [f"id = {self._ph('id')}"]
-        if self.pg and fence:
-            # The statements after this one are already on the wire, so a failed fence must
-            # abort the transaction: the ELSE raises (it reads the row, so it cannot be
-            # folded at plan time).
-            sets.append(f"version = CASE WHEN {' AND '.join(fence)} THEN version + 1 "
-                        f"ELSE CAST('{FENCE_FAILED} ' || id AS int) END")
-        else:
-            sets.append("version = version + 1")
-            where.extend(fence)  # SQLite: no row back, and the caller rolls back
+        sets.append("version = version + 1")
+        where = [f"id = {self._ph('id')}", *fence]  # a failed fence: no row back, rolled back
         return (f"UPDATE executions SET {', '.join(sets)} WHERE {' AND '.join(where)} "
                 "RETURNING version, control, head_checkpoint_id")
 
@@ -128,9 +99,6 @@ class ChangeSQL:
 
     @lru_cache(maxsize=4)  # noqa: B019
     def insert_checkpoint(self) -> str:
-        if self.pg:
-            return (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLS)}, id) "
-                    f"VALUES {self._row('c', CHECKPOINT_COLS, self.cid)}")
         return (f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLS)}) "
                 f"VALUES {self._row('c', CHECKPOINT_COLS)}")
 
@@ -166,25 +134,15 @@ class ChangeSQL:
         p["id"], p["fence_version"], p["fence_owner"] = (
             change.execution_id, change.fence_version, change.fence_owner)
         if change.new_execution is not None:
-            row = rows.execution_row(change.new_execution)
-            row["version"] += 1
-            p.update({f"x_{c}": row[c] for c in EXECUTION_COLS})
-        ck = change.checkpoint
-        if ck is not None:
-            for i, blob in enumerate(ck.blobs):
+            p.update({f"x_{c}": v for c, v in _new_execution_row(change).items()})
+        if change.checkpoint is not None:
+            for i, blob in enumerate(change.checkpoint.blobs):
                 for c, v in zip(BLOB_COLS, (*blob, now), strict=True):
                     p[f"b{i}_{c}"] = v
-            p.update(c_execution_id=change.execution_id, c_parent_id=ck.parent_id,
-                     c_step=ck.step, c_kind=ck.kind, c_node=ck.node, c_next_node=ck.next_node,
-                     c_is_full=ck.is_full, c_manifest=ck.manifest, c_created_at=now,
-                     c_workspace_tree=ck.workspace_tree)
+            p.update({f"c_{c}": v for c, v in _checkpoint_row(change, now).items()})
         if change.boundary is not None:
-            for k, v in change.boundary.items():
-                p[f"nb_{k}"] = v
-            p["nb_execution_id"] = change.execution_id
-        for i, undo in enumerate(change.compensations or ()):
-            row = {**undo, "execution_id": change.execution_id, "status": "pending",
-                   "attempts": 0, "created_at": now}
+            p.update({f"nb_{c}": v for c, v in _boundary_row(change).items()})
+        for i, row in enumerate(_undo_rows(change, now)):
             for c in UNDO_COLS:
                 p[f"u{i}_{c}"] = row[c]
         for i, event in enumerate(change.events):
@@ -199,32 +157,78 @@ class ChangeSQL:
         has_checkpoint = change.checkpoint is not None
         return tuple(has_checkpoint and e.checkpoint_id is None for e in change.events)
 
-    # -- PostgreSQL: the whole change as one string ---------------------------------------
+# -- the rows of a change, as both dialects write them ------------------------------------
 
-    def postgres_statements(self, change: Any, values: dict[str, Any], now: float,
-                            escaping: Any) -> str:
-        """The change as statements (no BEGIN/COMMIT) with every value inlined as a literal.
+def _new_execution_row(change: Any) -> dict[str, Any]:
+    row = rows.execution_row(change.new_execution)
+    row["version"] += 1  # as the fenced update would have made it
+    return {c: row[c] for c in EXECUTION_COLS}
 
-        Exactly one of them returns a row: the fenced UPDATE, or the new execution's SELECT.
-        """
-        ck = change.checkpoint
-        statements = []
-        if change.new_execution is not None:
-            statements.append(self.insert_execution(ck is not None))
-            statements.append(f"SELECT %(x_version)s, NULL, {self.cid if ck else 'NULL'}")
-        else:
-            statements.append(self.update_execution(
-                tuple(values), change.fence_version is not None, change.fence_owner is not None,
-                ck is not None))
-        if ck is not None:
-            if ck.blobs:
-                statements.append(self.insert_blobs(len(ck.blobs)))
-            statements.append(self.insert_checkpoint())
-        if change.boundary is not None:
-            statements.append(self.insert_boundary(ck is not None))
-        if change.compensations:
-            statements.append(self.insert_compensations(len(change.compensations), ck is not None))
-        statements.extend(self.insert_events(self.fills(change)))
-        params = self.bind(change, values, now)
-        # Every "%" in the text is a placeholder: the statements above contain no other.
-        return ";\n".join(statements) % {k: pg_literal(v, escaping) for k, v in params.items()}
+
+def _checkpoint_row(change: Any, now: float) -> dict[str, Any]:
+    ck = change.checkpoint
+    return {"execution_id": change.execution_id, "parent_id": ck.parent_id, "step": ck.step,
+            "kind": ck.kind, "node": ck.node, "next_node": ck.next_node, "is_full": ck.is_full,
+            "manifest": ck.manifest, "created_at": now, "workspace_tree": ck.workspace_tree}
+
+
+def _boundary_row(change: Any) -> dict[str, Any]:
+    return {**change.boundary, "execution_id": change.execution_id}
+
+
+def _undo_rows(change: Any, now: float) -> list[dict[str, Any]]:
+    return [{**undo, "execution_id": change.execution_id, "status": "pending", "attempts": 0,
+             "created_at": now} for undo in change.compensations or ()]
+
+
+# -- PostgreSQL: the whole change as one function call ------------------------------------
+
+def postgres_call(change: Any, values: dict[str, Any], now: float, escaping: Any) -> str:
+    """The change as one call of wtb_commit_change (migration 0005), its rows as JSON
+    keyed by column; the call returns the execution's version, control and head."""
+    unknown = values.keys() - SETTABLE
+    if unknown:  # the function would ignore them: a bug here, not bad input
+        raise ValueError(f"not settable on an execution: {sorted(unknown)}")
+    call: dict[str, Any] = {"id": change.execution_id, "set": values,
+                            "fence_version": change.fence_version,
+                            "fence_owner": change.fence_owner}
+    if change.new_execution is not None:
+        call["new"] = _new_execution_row(change)
+    ck = change.checkpoint
+    if ck is not None:
+        if ck.blobs:
+            call["blobs"] = [dict(zip(BLOB_COLS, (h, codec, size, _bytea(data), now),
+                                      strict=True)) for h, codec, size, data in ck.blobs]
+        call["checkpoint"] = _checkpoint_row(change, now)
+    if change.boundary is not None:
+        call["boundary"] = _boundary_row(change)
+    if change.compensations:
+        call["undo"] = _undo_rows(change, now)
+    call["audits"] = [rows.audit_row(e) for e in change.events]
+    call["outbox"] = [rows.outbox_row(e) for e in change.events]
+    text = _json.encode(call)
+    if "\\u0000" in text:  # a NUL in some string (a node's error message, say)
+        text = _json.encode(_without_nul(call))
+    return ("SELECT * FROM wtb_commit_change("
+            f"{escaping.escape_literal(text.encode()).decode()})")
+
+
+def _without_nul(value: Any) -> Any:
+    """PostgreSQL's text cannot hold NUL: each one becomes U+FFFD (what it is shown as)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _bytea(data: bytes) -> str:
+    """bytea's text form, as jsonb_populate_record reads it."""
+    return "\\x" + bytes(data).hex()
+
+
+# Every float here is a time or a duration (finite); NaN would be no JSON PostgreSQL reads.
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+SETTABLE = frozenset(EXECUTION_COLS) - {"id", "version"} | {"head_checkpoint_id"}

@@ -39,11 +39,22 @@ _BLOBS = select(blobs.c.hash, blobs.c.codec, blobs.c.data).where(
     blobs.c.hash.in_(bindparam("hashes", expanding=True)))
 
 
+# Built once: building a select costs more than SQLite takes to run it (a batch executor
+# reads an execution and its head for every cell it claims).
+_EXECUTION = select(executions).where(executions.c.id == bindparam("id"))
+_CHECKPOINT = select(checkpoints).where(checkpoints.c.id == bindparam("id"))
+
+
 def execution(conn: Connection, execution_id: str) -> Execution:
-    row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
+    row = conn.execute(_EXECUTION, {"id": execution_id}).first()
     if row is None:
         raise NotFound("execution", execution_id)
     return rows.execution_from_row(row)
+
+
+def exists(conn: Connection, execution_id: str) -> bool:
+    return conn.execute(select(executions.c.id).where(executions.c.id == execution_id)
+                        ).first() is not None  # off the hot path: built when asked
 
 
 def executions_page(conn: Connection, *, status: str | None = None, batch_id: str | None = None,
@@ -57,7 +68,7 @@ def executions_page(conn: Connection, *, status: str | None = None, batch_id: st
 
 
 def checkpoint(conn: Connection, checkpoint_id: int) -> Checkpoint:
-    row = conn.execute(select(checkpoints).where(checkpoints.c.id == checkpoint_id)).first()
+    row = conn.execute(_CHECKPOINT, {"id": checkpoint_id}).first()
     if row is None:
         raise NotFound("checkpoint", checkpoint_id)
     return rows.checkpoint_from_row(row)

@@ -10,11 +10,11 @@ so two processes can never both advance one execution.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -27,48 +27,11 @@ from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.latency import Latency
 from wtb_ray.storage import change_sql, db, migrate, queries, rows
+from wtb_ray.storage.change import Change, CheckpointWrite, Committed
 from wtb_ray.storage.schema import audit_log, executions, outbox
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CheckpointWrite:
-    parent_id: int | None
-    step: int
-    kind: str
-    node: str | None
-    next_node: str | None
-    is_full: bool
-    manifest: str  # JSON: key -> blob hash (a delta unless is_full)
-    # (hash, codec, size, payload) of values not stored before
-    blobs: list[tuple[str, str, int, bytes]] = field(default_factory=list)
-    workspace_tree: str | None = None  # its blobs are uploaded before the commit
-
-
-@dataclass
-class Change:
-    """Everything one transaction writes about one execution."""
-
-    execution_id: str
-    events: list[Event]
-    values: dict[str, Any] = field(default_factory=dict)  # execution columns to set
-    fence_version: int | None = None  # apply only if the row is still at this version
-    fence_owner: str | None = None  # apply only if this owner holds the lease and it runs
-    checkpoint: CheckpointWrite | None = None
-    boundary: dict[str, Any] | None = None  # node_boundaries columns; exit checkpoint filled in
-    new_execution: Execution | None = None  # insert this row first
-    # undo actions registered by the node run: entry_checkpoint_id, node, step, seq, fn,
-    # args (JSON), key; they take the new checkpoint's id when there is one
-    compensations: list[dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class Committed:
-    checkpoint_id: int | None
-    version: int
-    control: str | None
-    events: list[Event]
+__all__ = ["Change", "CheckpointWrite", "Committed", "Store"]  # the changes: change.py
 
 
 class _FenceFailed(Exception):
@@ -98,7 +61,7 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.reconnect_seconds = reconnect_seconds
-        self._sql = change_sql.ChangeSQL(self.dialect)
+        self._sql = change_sql.ChangeSQL()  # SQLite's statements
         # The boundary write path keeps one DBAPI connection for the store's lifetime.
         self._hot: Any = None
         self._hot_lock = threading.Lock()
@@ -245,8 +208,14 @@ class Store:
         except _FenceFailed:
             dbapi.rollback()
             return [None]
-        except BaseException:
+        except BaseException as exc:
             dbapi.rollback()
+            # A row naming a deleted execution fails its foreign key before the fenced
+            # UPDATE (last here) could tell: say what PostgreSQL's function says.
+            if isinstance(exc, sqlite3.IntegrityError) and (gone := [
+                    c.execution_id for c in changes if c.new_execution is None
+                    and not self._read(queries.exists, c.execution_id)]):
+                raise NotFound("execution", ", ".join(gone)) from None
             raise
         dbapi.commit()
         if self._wal is not None:
@@ -258,7 +227,7 @@ class Store:
         values = {**change.values, "updated_at": now}
         p = sql.bind(change, values, now)
         if change.new_execution is not None:
-            cur.execute(sql.insert_execution(False), p)
+            cur.execute(sql.insert_execution(), p)
         checkpoint_id = None
         if ck is not None:
             if ck.blobs:
@@ -284,20 +253,21 @@ class Store:
                          _with_checkpoint(change.events, checkpoint_id))
 
     def _commit_postgres(self, dbapi: Any, changes: list[Change]) -> list[Committed | None]:
-        """One round trip for all changes. A failed fence aborts the whole transaction, so
-        then each change is committed on its own to find which one conflicts."""
+        """One round trip for all changes, each one call of the store's function. A failed
+        fence aborts the whole transaction, so then each change is committed on its own to
+        find which one conflicts."""
         import psycopg
 
         now = time.time()
         escaping = psycopg.pq.Escaping(dbapi.pgconn)
         script = ";\n".join(["BEGIN", *(
-            self._sql.postgres_statements(c, {**c.values, "updated_at": now}, now, escaping)
+            change_sql.postgres_call(c, {**c.values, "updated_at": now}, now, escaping)
             for c in changes), "COMMIT"])
         cur = psycopg.ClientCursor(dbapi)  # no parameters: one simple-protocol round trip
         try:
             cur.execute(script.encode())
             rows = []
-            while True:  # one row per change: its fenced UPDATE, or the new execution's SELECT
+            while True:  # one row per change
                 if cur.pgresult is not None and cur.pgresult.ntuples:
                     rows.append(cur.fetchone())
                 if not cur.nextset():
@@ -309,13 +279,15 @@ class Store:
             if len(changes) == 1:
                 return [None]
             return [o for c in changes for o in self._commit_postgres(dbapi, [c])]
+        except psycopg.errors.NoDataFound as exc:  # an execution row is gone (deleted)
+            self._abort(dbapi)
+            raise NotFound("execution", str(exc.diag.message_primary or "").rpartition(
+                ": ")[2] or ", ".join(c.execution_id for c in changes)) from None
         except BaseException:
             self._abort(dbapi)
             raise
         finally:
             cur.close()
-        if len(rows) != len(changes):  # an execution row is gone (deleted under us)
-            raise NotFound("execution", ", ".join(c.execution_id for c in changes))
         return [Committed(row[2] if c.checkpoint is not None else None, row[0], row[1],
                           _with_checkpoint(c.events,
                                            row[2] if c.checkpoint is not None else None))
@@ -354,15 +326,18 @@ class Store:
     # -- reads (each in its own read transaction; see queries for the SQL) ----------------
 
     def _read(self, fn, *args: Any, **kwargs: Any) -> Any:
-        for attempt in self._retrying():
-            with attempt, self.read() as conn:
-                return fn(conn, *args, **kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.run(fn, *args, **kwargs)
 
     def run(self, fn, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         """``fn(conn, *args)`` in a transaction of its own (a write one if asked), retried on a
-        dropped connection: for idempotent work off the boundary path (workspace blobs,
-        undo bookkeeping, garbage collection)."""
+        dropped connection: reads, and idempotent work off the boundary path (workspace
+        blobs, undo bookkeeping, garbage collection)."""
+        try:  # the common case, without building the retry machinery
+            with (self.write() if write else self.read()) as conn:
+                return fn(conn, *args, **kwargs)
+        except Exception as exc:
+            if not _is_disconnect(exc):
+                raise
         for attempt in self._retrying():
             with attempt, (self.write() if write else self.read()) as conn:
                 return fn(conn, *args, **kwargs)
