@@ -258,7 +258,13 @@ class _BatchRun:
                     self.next_tally = time.monotonic() + max(TALLY_S, TALLY_SHARE * took)
                 if idle and not batch.finished and not await asyncio.to_thread(
                         svc.runnable, batch):
-                    break  # only paused cells are left: they wait for a person
+                    if not any(c.get("running") for c in combinations.values()):
+                        break  # only paused cells are left: they wait for a person
+                    # A cell runs under the live lease of another process: an executor of
+                    # ours killed a moment ago and still exiting (its cell is taken over
+                    # once it is gone), or a person's `wtb resume`. Left now, the batch
+                    # would stay running with no one to finish it.
+                    await asyncio.sleep(WAIT_S)
             while self.inflight:  # the batch can finish while a chunk's answer is on its way
                 await self._collect()
         finally:

@@ -3,12 +3,16 @@ failures: executors killed by Ray and by os._exit, the orchestrator killed and r
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 
+import pytest
 import ray
 
 from actors.orchestrator import get_or_create
+from tests.conftest import ROOT
 from tests.integration.test_batch_local import check_matrix_results, matrix_spec
 from tests.ray.conftest import wait_for
 from wtb_ray.batch.local import run_local
@@ -175,6 +179,52 @@ def test_the_orchestrator_killed_mid_batch_restarts_and_completes_every_cell_onc
     assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
     check_matrix_results(service, batch_id)  # 30 cells, each completed exactly once
     assert len(service.batches.cells(batch_id)) == 30
+
+
+HOLD_A_CELL = """
+import os, sys, time
+from pathlib import Path
+from wtb_ray.config import Settings
+from wtb_ray.engine.bench import Bench
+from wtb_ray.engine.group import claim_many
+url, cell, hold = sys.argv[1:]
+runs, skipped = claim_many(Bench.open(Settings(database_url=url, lease_seconds=600)), [cell])
+assert runs, skipped
+Path(hold, "claimed").write_text("")
+while not Path(hold, "exit").exists():
+    time.sleep(0.05)
+os._exit(0)  # dies holding the cell, as a killed executor does
+"""
+
+
+@pytest.mark.parametrize("durable_url", ["sqlite"], indirect=True)
+def test_a_cell_held_by_a_live_process_keeps_its_batch_driven_until_it_is_taken_over(
+        ray_settings, service, tmp_path):
+    """A killed executor can take seconds to exit (10 s seen on a loaded machine): its cells
+    look alive meanwhile. The driver must wait for them, not leave the batch running with no
+    one to finish it once the other cells are done."""
+    batch = service.submit(matrix_spec())
+    held = service.batches.cells(batch.id)[0]["id"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_CELL, ray_settings.url, held,
+                               str(tmp_path)], cwd=ROOT)
+    try:
+        wait_for(tmp_path / "claimed", timeout=60)
+        orchestrator = get_or_create(ray_settings)
+        ray.get(orchestrator.schedule.remote(batch.id))
+        deadline = time.time() + 120
+        while Counter(c["status"] for c in service.batches.cells(batch.id))["completed"] < 29:
+            assert time.time() < deadline, service.progress(batch.id)
+            time.sleep(0.2)
+        status = ray.get(orchestrator.wait.remote(batch.id, 2))  # past the driver's recount
+        assert status["driving"] and status["batch"]["status"] == "running", status
+        (tmp_path / "exit").write_text("")
+        assert holder.wait(30) == 0
+    finally:
+        holder.kill()
+    assert finish(orchestrator, batch.id)["batch"]["status"] == "completed"
+    check_matrix_results(service, batch.id)
+    kinds = [e.kind for e in service.bench.history(held)]
+    assert kinds.count("execution.recovered") == 1
 
 
 def test_always_failing_variant_fails_after_max_attempts_on_ray(ray_settings, service):
