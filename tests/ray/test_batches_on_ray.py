@@ -17,6 +17,10 @@ from tests.integration.test_batch_local import check_matrix_results, matrix_spec
 from tests.ray.conftest import wait_for
 from wtb_ray.batch.local import run_local
 
+# For what Ray does, not the database (runtime environments, metrics, the driver's waiting):
+# the same on both, and each run costs seconds.
+SQLITE_ONLY = pytest.mark.parametrize("durable_url", ["sqlite"], indirect=True)
+
 
 def submit(ray_settings, spec):
     orchestrator = get_or_create(ray_settings)
@@ -117,6 +121,7 @@ def test_batches_beyond_batch_concurrency_wait_their_turn_as_pending(ray_setting
         check_matrix_results(service, batch_id)
 
 
+@SQLITE_ONLY
 def test_each_variant_runs_in_its_own_runtime_env(ray_settings, service):
     spec = matrix_spec(
         variants={"c": ["alpha", "beta"]},
@@ -197,7 +202,7 @@ os._exit(0)  # dies holding the cell, as a killed executor does
 """
 
 
-@pytest.mark.parametrize("durable_url", ["sqlite"], indirect=True)
+@SQLITE_ONLY
 def test_a_cell_held_by_a_live_process_keeps_its_batch_driven_until_it_is_taken_over(
         ray_settings, service, tmp_path):
     """A killed executor can take seconds to exit (10 s seen on a loaded machine): its cells
@@ -251,6 +256,7 @@ def test_cancel_stops_scheduling_and_cancels_the_rest(ray_settings, service, tmp
     assert len(never_started) >= 26
 
 
+@SQLITE_ONLY
 def test_batch_progress_is_exported_as_ray_metrics(ray_settings, ray_cluster):
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -280,6 +286,7 @@ def test_batch_metrics_keep_no_state_for_batches_that_cannot_change(ray_cluster)
     assert set(metrics._seen) == {"waiting"}
 
 
+@SQLITE_ONLY
 def test_cells_whose_runtime_env_cannot_be_set_up_fail_naming_it_and_the_rest_complete(
         ray_settings, service):
     spec = matrix_spec(variants={"c": ["alpha", "beta"]},

@@ -38,7 +38,11 @@ def test_ray_job_submit_runs_a_batch(head, tmp_path):
     db = f"sqlite:///{tmp_path / 'wtb.db'}"
     result = subprocess.run(
         ["ray", "job", "submit", "--address", head["WTB_RAY_DASHBOARD"], "--working-dir",
-         str(ROOT), "--", "python", "-m", "cluster.jobs.run_batch",
+         str(ROOT),
+         # Its executors kept warm would hold both CPUs from the next test's orchestrator
+         # (another database, so another orchestrator) for a minute.
+         "--runtime-env-json", json.dumps({"env_vars": {"WTB_EXECUTOR_IDLE_SECONDS": "0"}}),
+         "--", "python", "-m", "cluster.jobs.run_batch",
          "tests/data/matrix_batch.yaml", "--db", db],
         env=head, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -11,9 +11,15 @@ from tests.serve.conftest import TOKEN
 
 
 def test_schemathesis_finds_no_server_error(api, tmp_path):
+    # The coverage phase (every boundary value of every parameter: 20 s of ~1,000 requests)
+    # runs against PostgreSQL, the stricter of the two (it refuses a NUL in a text, an
+    # integer beyond 64 bits); random and stateful requests against both.
+    postgres = api.settings.url.startswith("postgresql")
+    phases = "examples,coverage,fuzzing,stateful" if postgres else "fuzzing,stateful"
     command = [shutil.which("st") or "st", "run", f"{api.url}/openapi.json", "--url", api.url,
                "-H", f"Authorization: Bearer {TOKEN}", "--checks", "not_a_server_error",
-               "--max-examples", "10", "--request-timeout", "60", "--no-color"]
+               "--max-examples", "10", "--request-timeout", "60", "--no-color",
+               "--phases", phases]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
