@@ -16,11 +16,11 @@ import ray
 from ray.util.metrics import Counter, Gauge
 
 from actors import orchestrator, runs
+from actors.restart import open_bench
 from wtb_ray.config import Settings
 from wtb_ray.domain.batch import FINISHED
 from wtb_ray.domain.errors import NotFound
 from wtb_ray.domain.execution import Execution
-from wtb_ray.engine.bench import Bench
 from wtb_ray.integrity.checker import IntegrityChecker
 from wtb_ray.storage.batches import Batches
 
@@ -33,7 +33,7 @@ class IntegrityCron:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.values = settings
         self.settings = Settings(**settings)
-        self.bench = Bench.open(self.settings)
+        self.bench = open_bench(self.settings)
         self.checker = IntegrityChecker(self.bench, requeue=self._requeue_on_ray)
         self.findings = Gauge("wtb_integrity_findings",
                               description="Findings of the last integrity check, by kind",

@@ -21,12 +21,12 @@ from ray.exceptions import RayActorError
 from actors.executor_pool import ExecutorPool, ExecutorStartError
 from actors.metrics import BatchMetrics
 from actors.priority import yield_to_interactive
+from actors.restart import open_bench
 from wtb_ray.batch.plan import env_key
 from wtb_ray.batch.service import BatchService
 from wtb_ray.batch.spec import parse_spec
 from wtb_ray.config import Settings
 from wtb_ray.domain.errors import NotFound
-from wtb_ray.engine.bench import Bench
 from wtb_ray.latency import Latency
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class BatchOrchestrator:
     def __init__(self, settings: dict[str, Any]) -> None:
         yield_to_interactive(settings["batch_niceness"], settings["batch_sched_idle"])
         self.settings = settings
-        self.service = BatchService(Bench.open(Settings(**settings)))
+        self.service = BatchService(open_bench(Settings(**settings)))
         self.metrics = BatchMetrics()
         self.pool = ExecutorPool(settings, settings["orchestrator_name"],
                                  settings["executor_idle_seconds"])
@@ -59,17 +59,25 @@ class BatchOrchestrator:
         # row and when housekeeping tries again (time.monotonic()).
         self.gave_up: dict[str, tuple[int, float]] = {}
         self.latency = {"node": Latency(), "write": Latency()}  # reported by executors
-        self.booted = False
+        self.booting: asyncio.Task | None = None
+        self.housekeeper: asyncio.Task | None = None
         # Reload unfinished batches as soon as the event loop runs, with no caller needed.
         ray.get_runtime_context().current_actor.boot.remote()
 
     async def boot(self) -> bool:
-        if not self.booted:
-            self.booted = True
-            self.housekeeper = asyncio.create_task(self._housekeeping())
-            for batch in await asyncio.to_thread(self.service.batches.unfinished):
-                self._schedule(batch.id, takeover=True)
+        """Drive the batches left unfinished. Every caller waits until they are driven (a
+        `wait` queued behind a restart would otherwise find no driver and return at once);
+        if reading them failed, the next caller tries again."""
+        if self.booting is None or (self.booting.done() and self.booting.exception()):
+            self.booting = asyncio.create_task(self._reload())
+        await asyncio.shield(self.booting)
         return True
+
+    async def _reload(self) -> None:
+        if self.housekeeper is None:
+            self.housekeeper = asyncio.create_task(self._housekeeping())
+        for batch in await asyncio.to_thread(self.service.batches.unfinished):
+            self._schedule(batch.id, takeover=True)
 
     async def _housekeeping(self) -> None:
         """Every SWEEP_S: stop executors idle too long, pick up batches persisted but never

@@ -16,8 +16,8 @@ import ray
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from actors import event_feed
+from actors.restart import open_bench
 from wtb_ray.config import Settings
-from wtb_ray.engine.bench import Bench
 from wtb_ray.outbox.metrics import RelayMetrics
 from wtb_ray.outbox.relay import build
 
@@ -60,7 +60,7 @@ class RayRelayMetrics(RelayMetrics):
 class OutboxRelay:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
-        self.bench = Bench.open(self.settings)
+        self.bench = open_bench(self.settings)
         feed = event_feed.get_or_create(self.settings)
         self.relay = build(self.settings, self.bench.store, metrics=RayRelayMetrics(),
                            feed_publish=lambda events: ray.get(feed.publish.remote(events),

@@ -66,3 +66,30 @@ def test_a_batch_whose_driver_gave_up_in_an_outage_completes_once_the_database_i
         with contextlib.suppress(ValueError):  # ValueError: never created
             ray.kill(ray.get_actor(name, namespace="wtb"))
         bouncer.stop()
+
+
+def test_an_orchestrator_restarted_while_the_database_is_away_waits_for_it(
+        ray_cluster, create_pg_database, bench_factory, tmp_path):
+    """Ray restarts a crashed orchestrator, but never again one whose constructor raised:
+    failing on the missing database, it would leave its batches running with no one to
+    finish them. It waits for the database instead, then takes its batches over."""
+    bouncer = start_pgbouncer()
+    name = f"wtb-orchestrator-{uuid.uuid4().hex[:8]}"
+    try:
+        url = bouncer.url(create_pg_database())
+        settings = Settings(database_url=url, executor_idle_seconds=0, orchestrator_name=name,
+                            reconnect_seconds=0.5)
+        spec, point = held_spec(tmp_path)
+        orchestrator, batch_id = submit(settings, spec)
+        wait_for(tmp_path / f"{point}.waiting")
+        bouncer.stop()
+        ray.kill(orchestrator, no_restart=False)  # Ray restarts it at once, database away
+        (tmp_path / f"{point}.go").write_text("")
+        time.sleep(8)  # its restart tries the database meanwhile (a second or two in)
+        bouncer.start()
+        assert finish(orchestrator, batch_id)["batch"]["status"] == "completed"
+        check_matrix_results(BatchService(bench_factory(url)), batch_id)
+    finally:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace="wtb"))
+        bouncer.stop()

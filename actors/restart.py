@@ -1,0 +1,40 @@
+"""Opening the database in the constructor of an actor Ray restarts (the orchestrator, the
+outbox relay, the integrity cron)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from wtb_ray.config import Settings
+from wtb_ray.domain.errors import StorageError
+from wtb_ray.engine.bench import Bench
+
+log = logging.getLogger(__name__)
+REOPEN_S = 2.0  # a restarted actor tries the database this often until it answers
+
+
+def open_bench(settings: Settings) -> Bench:
+    """The actor's database. Restarted by Ray after a crash, the actor waits for it however
+    long it is away: Ray never restarts an actor whose constructor raised (the orchestrator's
+    batches would have no one to finish them). Created afresh, it fails at once."""
+    restarted = ray.get_runtime_context().was_current_actor_reconstructed
+    since = None
+    while True:
+        try:
+            bench = Bench.open(settings)
+            if since is not None:
+                log.warning("the database answered after %.0f s", time.monotonic() - since)
+            return bench
+        except StorageError as exc:
+            away = isinstance(exc.__cause__, (OperationalError, InterfaceError))
+            if not (restarted and away):
+                raise
+            if since is None:
+                since = time.monotonic()
+                log.error("restarted with the database away (%s); trying every %.0f s",
+                          exc, REOPEN_S)
+            time.sleep(REOPEN_S)
