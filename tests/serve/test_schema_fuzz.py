@@ -12,8 +12,8 @@ from tests.serve.conftest import TOKEN
 
 def test_schemathesis_finds_no_server_error(api, tmp_path):
     # The coverage phase (every boundary value of every parameter: 20 s of ~1,000 requests)
-    # runs against PostgreSQL, the stricter of the two (it refuses a NUL in a text, an
-    # integer beyond 64 bits); random and stateful requests against both.
+    # runs against PostgreSQL, the stricter of the two (it refuses a NUL in a text, which
+    # SQLite stores); random and stateful requests run against both.
     postgres = api.settings.url.startswith("postgresql")
     phases = "examples,coverage,fuzzing,stateful" if postgres else "fuzzing,stateful"
     command = [shutil.which("st") or "st", "run", f"{api.url}/openapi.json", "--url", api.url,
