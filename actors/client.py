@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from actors.orchestrator import NAMESPACE, get_or_create
+from actors.restart import database_away
 from wtb_ray.batch.spec import BatchSpec
 from wtb_ray.config import Settings
 from wtb_ray.domain.batch import new_batch_id
@@ -69,13 +69,6 @@ def follow(orchestrator: Any, batch_id: str, on_progress: Callable[[dict[str, An
         on_progress(progress)
         if progress["batch"]["status"] in ("completed", "cancelled") or not progress["driving"]:
             return progress
-
-
-def database_away(exc: BaseException) -> bool:
-    """Whether a remote call failed because the database did not answer (connection refused
-    or dropped, retried for WTB_RECONNECT_SECONDS), not because of the call itself."""
-    cause = getattr(exc, "cause", None) or exc
-    return isinstance(cause, (OperationalError, InterfaceError))
 
 
 def _first_line(exc: BaseException) -> str:

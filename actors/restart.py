@@ -1,5 +1,6 @@
-"""Opening the database in the constructor of an actor Ray restarts (the orchestrator, the
-outbox relay, the integrity cron)."""
+"""Telling a database outage from other errors, and opening the database in the
+constructor of an actor Ray restarts (the orchestrator, the outbox relay, the integrity
+cron)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ log = logging.getLogger(__name__)
 REOPEN_S = 2.0  # a restarted actor tries the database this often until it answers
 
 
+def database_away(exc: BaseException) -> bool:
+    """Whether an error (or, from a Ray call, the remote error it carries) is the database
+    not answering (connection refused or dropped, retried for WTB_RECONNECT_SECONDS), not
+    a fault of the work itself."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, (OperationalError, InterfaceError))
+
+
 def open_bench(settings: Settings) -> Bench:
     """The actor's database. Restarted by Ray after a crash, the actor waits for it however
     long it is away: Ray never restarts an actor whose constructor raised (the orchestrator's
@@ -30,8 +39,7 @@ def open_bench(settings: Settings) -> Bench:
                 log.warning("the database answered after %.0f s", time.monotonic() - since)
             return bench
         except StorageError as exc:
-            away = isinstance(exc.__cause__, (OperationalError, InterfaceError))
-            if not (restarted and away):
+            if not (restarted and database_away(exc.__cause__ or exc)):
                 raise
             if since is None:
                 since = time.monotonic()

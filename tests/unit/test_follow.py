@@ -4,7 +4,7 @@ progress title counts."""
 import psycopg
 from sqlalchemy.exc import OperationalError
 
-from actors.client import database_away
+from actors.restart import database_away
 from wtb_ray.domain.errors import NotFound
 
 

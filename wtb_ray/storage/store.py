@@ -214,7 +214,7 @@ class Store:
             # UPDATE (last here) could tell: say what PostgreSQL's function says.
             if isinstance(exc, sqlite3.IntegrityError) and (gone := [
                     c.execution_id for c in changes if c.new_execution is None
-                    and not self._read(queries.exists, c.execution_id)]):
+                    and not self.run(queries.exists, c.execution_id)]):
                 raise NotFound("execution", ", ".join(gone)) from None
             raise
         dbapi.commit()
@@ -325,9 +325,6 @@ class Store:
 
     # -- reads (each in its own read transaction; see queries for the SQL) ----------------
 
-    def _read(self, fn, *args: Any, **kwargs: Any) -> Any:
-        return self.run(fn, *args, **kwargs)
-
     def run(self, fn, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         """``fn(conn, *args)`` in a transaction of its own (a write one if asked), retried on a
         dropped connection: reads, and idempotent work off the boundary path (workspace
@@ -344,37 +341,37 @@ class Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def execution(self, execution_id: str) -> Execution:
-        return self._read(queries.execution, execution_id)
+        return self.run(queries.execution, execution_id)
 
     def executions(self, **filters: Any) -> list[Execution]:
-        return self._read(queries.executions_page, **filters)
+        return self.run(queries.executions_page, **filters)
 
     def checkpoint(self, checkpoint_id: int) -> Checkpoint:
-        return self._read(queries.checkpoint, checkpoint_id)
+        return self.run(queries.checkpoint, checkpoint_id)
 
     def checkpoints(self, execution_id: str) -> list[Checkpoint]:
-        return self._read(queries.checkpoints_of, execution_id)
+        return self.run(queries.checkpoints_of, execution_id)
 
     def state_at(self, checkpoint_id: int) -> tuple[dict[str, Any], dict[str, str], int]:
-        return self._read(queries.state_at, checkpoint_id)
+        return self.run(queries.state_at, checkpoint_id)
 
     def boundaries(self, execution_id: str) -> list[NodeBoundary]:
-        return self._read(queries.boundaries_of, execution_id)
+        return self.run(queries.boundaries_of, execution_id)
 
     def node_totals(self, execution_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return self._read(queries.node_totals, execution_ids)
+        return self.run(queries.node_totals, execution_ids)
 
     def history(self, execution_id: str) -> list[Event]:
-        return self._read(queries.history, execution_id)
+        return self.run(queries.history, execution_id)
 
     def outbox_events(self, aggregate_id: str | None = None) -> list[dict[str, Any]]:
-        return self._read(queries.outbox_events, aggregate_id)
+        return self.run(queries.outbox_events, aggregate_id)
 
     def outbox_after(self, after_id: int, **filters: Any) -> list[dict[str, Any]]:
-        return self._read(queries.outbox_after, after_id, **filters)
+        return self.run(queries.outbox_after, after_id, **filters)
 
     def table_counts(self) -> dict[str, int]:
-        return self._read(queries.table_counts)
+        return self.run(queries.table_counts)
 
 
 __all__ = ["Change", "CheckpointWrite", "Committed", "NotFound", "Store"]

@@ -18,7 +18,7 @@ branch_labels = None
 depends_on = None
 
 # Frozen with this revision: a migration that adds a column to one of these tables replaces
-# the function (tests/integration/test_pg_commit_function.py compares these lists with the
+# the function (tests/integration/test_migrations.py compares these lists with the
 # tables').
 SETTABLE = ("workflow_ref", "workflow_name", "workflow_version", "status", "variants",
             "breakpoints", "step", "control", "error", "parent_execution_id",
