@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from actors.priority import yield_to_interactive
+from actors.restart import open_bench
 from wtb_ray.batch.service import BatchService
 from wtb_ray.config import Settings
 from wtb_ray.engine.bench import Bench
@@ -29,7 +30,10 @@ def latency_report(bench: Bench) -> dict[str, Any]:
 class VariantExecutionActor:
     def __init__(self, settings: dict[str, Any]) -> None:
         yield_to_interactive(settings["batch_niceness"], settings["batch_sched_idle"])
-        self.bench = Bench.open(Settings(**settings))
+        # Started by the orchestrator, which has just used this database: its absence is an
+        # outage, not a wrong URL. Failing here would count towards failing the batch's cells
+        # unstarted (an environment whose executors never start); waiting costs only time.
+        self.bench = open_bench(Settings(**settings), wait=True)
         self.service = BatchService(self.bench)
 
     def run(self, batch_id: str, execution_ids: list[str], takeover: bool) -> dict[str, Any]:

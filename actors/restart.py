@@ -1,6 +1,6 @@
 """Telling a database outage from other errors, and opening the database in the
 constructor of an actor Ray restarts (the orchestrator, the outbox relay, the integrity
-cron)."""
+cron) or one the orchestrator starts (an executor)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from wtb_ray.domain.errors import StorageError
 from wtb_ray.engine.bench import Bench
 
 log = logging.getLogger(__name__)
-REOPEN_S = 2.0  # a restarted actor tries the database this often until it answers
+REOPEN_S = 2.0  # a waiting actor tries the database this often until it answers
 
 
 def database_away(exc: BaseException) -> bool:
@@ -26,11 +26,12 @@ def database_away(exc: BaseException) -> bool:
     return isinstance(cause, (OperationalError, InterfaceError))
 
 
-def open_bench(settings: Settings) -> Bench:
-    """The actor's database. Restarted by Ray after a crash, the actor waits for it however
-    long it is away: Ray never restarts an actor whose constructor raised (the orchestrator's
-    batches would have no one to finish them). Created afresh, it fails at once."""
-    restarted = ray.get_runtime_context().was_current_actor_reconstructed
+def open_bench(settings: Settings, wait: bool = False) -> Bench:
+    """The actor's database. Restarted by Ray after a crash, or with ``wait``, the actor
+    waits for it however long it is away: Ray never restarts an actor whose constructor
+    raised (the orchestrator's batches would have no one to finish them). Created afresh
+    without ``wait``, it fails at once (a wrong URL is for its caller to hear of)."""
+    wait = wait or ray.get_runtime_context().was_current_actor_reconstructed
     since = None
     while True:
         try:
@@ -39,10 +40,10 @@ def open_bench(settings: Settings) -> Bench:
                 log.warning("the database answered after %.0f s", time.monotonic() - since)
             return bench
         except StorageError as exc:
-            if not (restarted and database_away(exc.__cause__ or exc)):
+            if not (wait and database_away(exc.__cause__ or exc)):
                 raise
             if since is None:
                 since = time.monotonic()
-                log.error("restarted with the database away (%s); trying every %.0f s",
+                log.error("started with the database away (%s); trying every %.0f s",
                           exc, REOPEN_S)
             time.sleep(REOPEN_S)

@@ -10,8 +10,9 @@ import uuid
 import ray
 
 from actors import client
+from actors.executor import VariantExecutionActor
 from tests.conftest import start_pgbouncer
-from tests.integration.test_batch_local import check_matrix_results
+from tests.integration.test_batch_local import check_matrix_results, matrix_spec
 from tests.ray.conftest import wait_for
 from tests.ray.test_batches_on_ray import finish, held_spec, node_runs, submit
 from wtb_ray.batch.service import BatchService
@@ -92,4 +93,34 @@ def test_an_orchestrator_restarted_while_the_database_is_away_waits_for_it(
     finally:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace="wtb"))
+        bouncer.stop()
+
+
+def test_an_executor_started_while_the_database_is_away_waits_for_it(
+        ray_cluster, create_pg_database, bench_factory):
+    """The orchestrator starts executors right after reading the database; one starting as
+    it goes away used to fail, and three such failures failed the batch's cells unstarted
+    (as for an environment that cannot be built). It waits for the database instead."""
+    bouncer = start_pgbouncer()
+    executor = None
+    try:
+        url = bouncer.url(create_pg_database())
+        service = BatchService(bench_factory(url))
+        batch = service.submit(matrix_spec())
+        settings = Settings(database_url=url, reconnect_seconds=0.5)
+        bouncer.stop()
+        executor = VariantExecutionActor.options(namespace="wtb").remote(settings.for_actors())
+        ready = executor.__ray_ready__.remote()
+        # Without waiting, its constructor fails within a second or two (0.5 s of reconnect
+        # tries after the imports) and the actor is dead.
+        assert ray.wait([ready], timeout=8)[0] == [], "the executor did not wait"
+        bouncer.start()
+        ray.get(ready, timeout=60)
+        cells = [c["id"] for c in service.batches.cells(batch.id)]
+        report = ray.get(executor.run.remote(batch.id, cells, False), timeout=120)
+        assert report["skipped"] == {} and set(report["statuses"].values()) == {"completed"}
+        check_matrix_results(service, batch.id)
+    finally:
+        if executor is not None:
+            ray.kill(executor)
         bouncer.stop()
