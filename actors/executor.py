@@ -30,10 +30,12 @@ def latency_report(bench: Bench) -> dict[str, Any]:
 class VariantExecutionActor:
     def __init__(self, settings: dict[str, Any]) -> None:
         yield_to_interactive(settings["batch_niceness"], settings["batch_sched_idle"])
-        # Started by the orchestrator, which has just used this database: its absence is an
-        # outage, not a wrong URL. Failing here would count towards failing the batch's cells
-        # unstarted (an environment whose executors never start); waiting costs only time.
-        self.bench = open_bench(Settings(**settings), wait=True)
+        # Started by the orchestrator just after it read the database: the database away now
+        # is most likely an outage, which every query rides out for WTB_RECONNECT_SECONDS.
+        # Failing at once, three executors started in a short outage failed the batch's
+        # cells unstarted (as for an environment that cannot be built). Still away after
+        # that, the start fails with the reason (say, a node that cannot reach the URL).
+        self.bench = open_bench(Settings(**settings), wait_s=settings["reconnect_seconds"])
         self.service = BatchService(self.bench)
 
     def run(self, batch_id: str, execution_ids: list[str], takeover: bool) -> dict[str, Any]:

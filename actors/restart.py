@@ -5,6 +5,7 @@ cron) or one the orchestrator starts (an executor)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import ray
@@ -26,12 +27,13 @@ def database_away(exc: BaseException) -> bool:
     return isinstance(cause, (OperationalError, InterfaceError))
 
 
-def open_bench(settings: Settings, wait: bool = False) -> Bench:
-    """The actor's database. Restarted by Ray after a crash, or with ``wait``, the actor
-    waits for it however long it is away: Ray never restarts an actor whose constructor
-    raised (the orchestrator's batches would have no one to finish them). Created afresh
-    without ``wait``, it fails at once (a wrong URL is for its caller to hear of)."""
-    wait = wait or ray.get_runtime_context().was_current_actor_reconstructed
+def open_bench(settings: Settings, wait_s: float = 0.0) -> Bench:
+    """The actor's database. Restarted by Ray after a crash, the actor waits for it however
+    long it is away: Ray never restarts an actor whose constructor raised (the orchestrator's
+    batches would have no one to finish them). Created afresh, it waits up to ``wait_s``
+    (0: it fails at once, and a wrong URL is for its caller to hear of)."""
+    restarted = ray.get_runtime_context().was_current_actor_reconstructed
+    deadline = math.inf if restarted else time.monotonic() + wait_s
     since = None
     while True:
         try:
@@ -40,10 +42,11 @@ def open_bench(settings: Settings, wait: bool = False) -> Bench:
                 log.warning("the database answered after %.0f s", time.monotonic() - since)
             return bench
         except StorageError as exc:
-            if not (wait and database_away(exc.__cause__ or exc)):
+            left = deadline - time.monotonic()
+            if left <= 0 or not database_away(exc.__cause__ or exc):
                 raise
             if since is None:
                 since = time.monotonic()
-                log.error("started with the database away (%s); trying every %.0f s",
-                          exc, REOPEN_S)
-            time.sleep(REOPEN_S)
+                log.error("started with the database away (%s); trying every %.0f s%s", exc,
+                          REOPEN_S, "" if restarted else f" for up to {left:.0f} s")
+            time.sleep(min(REOPEN_S, left))

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 
+import pytest
 import ray
 
 from actors import client
@@ -99,28 +100,35 @@ def test_an_orchestrator_restarted_while_the_database_is_away_waits_for_it(
 def test_an_executor_started_while_the_database_is_away_waits_for_it(
         ray_cluster, create_pg_database, bench_factory):
     """The orchestrator starts executors right after reading the database; one starting as
-    it goes away used to fail, and three such failures failed the batch's cells unstarted
-    (as for an environment that cannot be built). It waits for the database instead."""
+    it went away failed at once, and three such failures failed the batch's cells unstarted
+    (as for an environment that cannot be built). It waits for WTB_RECONNECT_SECONDS, as
+    every query does; still away after that, it fails, saying why."""
     bouncer = start_pgbouncer()
-    executor = None
+    executors = []
+
+    def executor(reconnect_seconds: float) -> ray.ObjectRef:
+        settings = Settings(database_url=url, reconnect_seconds=reconnect_seconds)
+        executors.append(VariantExecutionActor.options(namespace="wtb").remote(
+            settings.for_actors()))
+        return executors[-1].__ray_ready__.remote()
+
     try:
         url = bouncer.url(create_pg_database())
         service = BatchService(bench_factory(url))
         batch = service.submit(matrix_spec())
-        settings = Settings(database_url=url, reconnect_seconds=0.5)
         bouncer.stop()
-        executor = VariantExecutionActor.options(namespace="wtb").remote(settings.for_actors())
-        ready = executor.__ray_ready__.remote()
-        # Without waiting, its constructor fails within a second or two (0.5 s of reconnect
-        # tries after the imports) and the actor is dead.
+        with pytest.raises(ray.exceptions.ActorDiedError, match="OperationalError"):
+            ray.get(executor(reconnect_seconds=1), timeout=60)  # a node that cannot reach it
+        ready = executor(reconnect_seconds=60)
+        # Without waiting, its constructor fails within a second or two (after the imports).
         assert ray.wait([ready], timeout=8)[0] == [], "the executor did not wait"
         bouncer.start()
         ray.get(ready, timeout=60)
         cells = [c["id"] for c in service.batches.cells(batch.id)]
-        report = ray.get(executor.run.remote(batch.id, cells, False), timeout=120)
+        report = ray.get(executors[-1].run.remote(batch.id, cells, False), timeout=120)
         assert report["skipped"] == {} and set(report["statuses"].values()) == {"completed"}
         check_matrix_results(service, batch.id)
     finally:
-        if executor is not None:
-            ray.kill(executor)
+        for actor in executors:
+            ray.kill(actor)
         bouncer.stop()
