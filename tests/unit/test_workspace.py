@@ -184,3 +184,40 @@ def test_an_unchanged_directory_keeps_its_tree_without_encoding_it_again(store, 
     fresh = Workspace(root, store)
     (root / ".wtb" / "index").unlink()
     assert fresh.snapshot() == second
+
+
+def test_after_a_restore_the_next_snapshot_encodes_only_the_trees_it_changed(store, tmp_path,
+                                                                            monkeypatch):
+    """A resume opens the workspace afresh and restores the head's files: the trees it read
+    serve as the next snapshot's memo."""
+    from wtb_ray.workspace import snapshot
+
+    root = tmp_path / "ws"
+    for d in ("a", "b", "b/c"):
+        (root / d).mkdir(parents=True)
+        (root / d / "f.txt").write_text(f"{d}\n")
+    age(*[p for p in root.rglob("*") if p.is_file()])
+    head = Workspace(root, store).snapshot()
+    resumed = Workspace(root, store)
+    resumed.restore(head)
+    encoded = []
+    real = snapshot.tree.encode
+    monkeypatch.setattr(snapshot.tree, "encode", lambda e: encoded.append(sorted(e)) or real(e))
+    (root / "b" / "c" / "f.txt").write_text("changed\n")
+    resumed.snapshot()
+    assert encoded == [["f.txt"], ["c", "f.txt"], ["a", "b", "clock-probe"]]
+
+
+def test_a_directory_emptied_by_a_restore_to_no_files_is_recorded_with_its_empty_tree(
+        store, tmp_path):
+    from wtb_ray.storage import blob_io
+    from wtb_ray.workspace import EMPTY_TREE
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "f.txt").write_text("x")
+    ws = Workspace(root, store)
+    ws.restore(None)  # as a rollback to a checkpoint from before the workspace had files
+    assert [p.name for p in root.iterdir()] == [".wtb"]
+    assert ws.snapshot() == EMPTY_TREE
+    assert store.run(blob_io.existing, [EMPTY_TREE]) == {EMPTY_TREE}

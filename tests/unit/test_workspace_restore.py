@@ -174,8 +174,8 @@ def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprin
     assert fetched and set().union(*fetched) == edited
 
 
-def test_a_restore_that_fails_midway_stops_its_copies_before_raising(store, tmp_path,
-                                                                      monkeypatch):
+def test_a_restore_that_fails_midway_stops_its_copy_lanes_before_raising(store, tmp_path,
+                                                                         monkeypatch):
     import sqlalchemy as sa
 
     from wtb_ray.domain.errors import StorageError
@@ -187,21 +187,29 @@ def test_a_restore_that_fails_midway_stops_its_copies_before_raising(store, tmp_
         (origin / d).mkdir(parents=True)
         for i in range(20):
             (origin / d / f"{i}.txt").write_text(f"{d}{i}\n" * 100)
+    (origin / "edited.bin").write_bytes(b"at the checkpoint")
+    age(*origin.rglob("*"))
     ws = Workspace(origin, store)
     tree = ws.snapshot()
+    (origin / "edited.bin").write_bytes(b"after the checkpoint: no source has the old bytes")
+    age(origin / "edited.bin")
     ws.snapshot()
-    lost = ws.reader.get(tree)["c"][1]  # the last directory's tree is gone from the store
+    lost = ws.reader.get(tree)["edited.bin"][3][0]  # so the write from the store fails
     store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
               write=True)
-    job = restore.Restore(str(tmp_path / "fork"), ws.rules, Workspace(tmp_path / "fork",
-                                                                      store).index,
-                          TreeReader(store), store, sources=[str(origin)])
+    monkeypatch.setattr(restore, "TWO_LANES", 0)  # two lanes, however small the files
     real_copy = restore.files.copy_if_unchanged
     monkeypatch.setattr(restore.files, "copy_if_unchanged",
                         lambda *a: time.sleep(0.01) or real_copy(*a))  # slow copies
+    dest = tmp_path / "fork"
+    job = restore.Restore(str(dest), ws.rules, Workspace(dest, store).index,
+                          TreeReader(store), store, sources=[str(origin)])
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
-    assert job.copying and all(task.done() for task in job.copying)
+    assert len(job.copying) == 1 and job.copying[0].done()  # the other lane stopped too
+    copied = sorted(dest.rglob("*.txt"))
+    time.sleep(0.05)
+    assert sorted(dest.rglob("*.txt")) == copied and len(copied) < 10  # of its 30 files
 
 
 def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_raising(

@@ -82,11 +82,11 @@ class Workspace:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
         ``sources``: directories (another execution's workspace) to copy unchanged files
         from, where their stat index vouches for them, instead of the store."""
-        root_tree = root_tree or EMPTY_TREE
-        Restore(str(self.path), self.rules, self.index, self.reader, self.store,
-                sources).run(root_tree)
-        if root_tree != EMPTY_TREE:
-            self.known.update(self.reader.blobs(root_tree))
+        job = Restore(str(self.path), self.rules, self.index, self.reader, self.store, sources)
+        job.run(root_tree or EMPTY_TREE)
+        if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
+            self.known.update(job.reached)
+        self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
 
 
 __all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]

@@ -56,14 +56,14 @@ class StatIndex:
         return index
 
     def clock(self) -> int:
-        """The file system's current time, in the units of st_mtime_ns."""
-        marker = self.dir / "clock"
+        """The file system's current time, in the units of st_mtime_ns: the mtime of WTB's
+        directory, touched now (or made: a fork's restore makes it, and a new file costs
+        more than a directory)."""
         try:
-            os.utime(marker)
+            os.utime(self.dir)
         except FileNotFoundError:
             self.dir.mkdir(parents=True, exist_ok=True)
-            marker.write_bytes(b"")
-        return os.lstat(marker).st_mtime_ns
+        return os.lstat(self.dir).st_mtime_ns
 
     def lookup(self, rel: str, st: os.stat_result) -> list[str] | None:
         entry = self.entries.get(rel)
