@@ -277,6 +277,31 @@ def test_blob_writes_refresh_only_stale_rows(store):
     assert store.run(blob_io.fetch, [other]) == {other: b"chunk"}
 
 
+def test_chunks_committed_raw_are_compressed_once_the_boundary_has_committed(store):
+    import os
+
+    ex, state = new_execution(store)
+    text = os.urandom(8).hex().encode() + b" loss 0.25 epoch 3 step 120 grad norm 1.5\n" * 4000
+    noise = os.urandom(50_000)
+    chunks = {codec.chunk_digest(d): d for d in (text, noise)}
+    write = state.checkpoint({"a": 1}, node="a", parent_id=ex.head_checkpoint_id, step=1,
+                             kind="node", next_node=None)
+    write.blobs += [(h, codec.RAW_LATER, len(d), d) for h, d in chunks.items()]
+    stale = Change(ex.id, [Event("node.completed", ex.id)], checkpoint=write,
+                   fence_version=ex.version + 9)
+    with pytest.raises(ConcurrencyConflict):
+        store.commit(stale)
+    assert store.packer.drain(10) and store.run(blob_io.existing, chunks) == set()
+    store.commit(Change(ex.id, [Event("node.completed", ex.id)], checkpoint=write,
+                        fence_version=ex.version))
+    assert store.run(blob_io.fetch, chunks) == chunks  # readable at once, raw
+    assert store.packer.drain(10)
+    stored = dict(store.run(lambda c: c.execute(select(blobs.c.hash, blobs.c.codec).where(
+        blobs.c.hash.in_(chunks))).all()))
+    assert stored == {codec.chunk_digest(text): "s", codec.chunk_digest(noise): "r"}
+    assert store.run(blob_io.fetch, chunks) == chunks
+
+
 def test_a_commit_for_a_deleted_execution_is_not_found_and_writes_nothing(store):
     ex, state = new_execution(store)
     with store.write() as conn:  # gone under the runner (deleted by another process)

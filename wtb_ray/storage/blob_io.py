@@ -56,6 +56,14 @@ def put(conn: Connection, rows: list[tuple[str, str, int, bytes]], now: float) -
                             for h, c, n, d in rows[i:i + 100]])
 
 
+def repack(conn: Connection, rows: list[tuple[str, bytes, str]]) -> None:
+    """Rewrite chunks committed raw (codec 'r') compressed: rows of (codec, payload, hash)."""
+    conn.execute(update(blobs).where(blobs.c.hash == bindparam("h"),
+                                     blobs.c.codec == codec.RAW_LATER)
+                 .values(codec=bindparam("c"), data=bindparam("d")),
+                 [{"c": c, "d": d, "h": h} for c, d, h in rows])
+
+
 def fetch(conn: Connection, hashes: Iterable[str]) -> dict[str, bytes]:
     """Raw (decompressed) contents by hash; absent hashes are absent from the result."""
     return {h: codec.unpack(c, data) for h, (c, data) in fetch_packed(conn, hashes).items()}

@@ -115,10 +115,21 @@ def pack_chunk(data: bytes) -> tuple[str, bytes]:
     return ("s", packed) if len(packed) < len(data) * 0.9 else ("j", data)
 
 
+# Codec 'r': raw bytes a checkpoint wrote uncompressed, for the store's packer to compress
+# once they are committed (storage/packer.py); one it leaves (it did not shrink, or its
+# process stopped first) reads back the same, only larger.
+RAW_LATER = "r"
+
+
+def pack_chunk_later(data: bytes) -> tuple[str, bytes]:
+    """A chunk for a checkpoint's own transaction: raw now, compressed after the commit."""
+    return (RAW_LATER, data) if len(data) >= _COMPRESS_FROM else ("j", data)
+
+
 def unpack(codec: str, payload: bytes) -> bytes:
     if codec == "z":
         return zlib.decompress(payload)
-    if codec == "j":
+    if codec in ("j", RAW_LATER):
         return bytes(payload)
     if codec == "s":
         return _zstd()[1].decompress(payload)

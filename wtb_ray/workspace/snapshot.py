@@ -50,13 +50,15 @@ class Uploader:
             self.flush()
 
     def take_inline(self) -> list[tuple[str, str, int, bytes]]:
-        """What is pending, packed for the boundary transaction, if small enough; else it is
-        uploaded now and nothing is returned. The blobs count as known from here on: if the
-        boundary commit fails the run stops, and this object with it."""
+        """What is pending, for the boundary transaction, if small enough; else it is
+        uploaded now and nothing is returned. Inline chunks go raw: the store compresses them
+        once the boundary has committed (storage/packer.py). The blobs count as known from
+        here on: if the boundary commit fails the run stops, and this object with it."""
         if self.size > INLINE_BYTES or len(self.pending) > INLINE_COUNT:
             self.flush()
             return []
-        rows = [self._row(h) for h in self.pending]
+        rows = [(h, c, len(data), payload) for h, data in self.pending.items()
+                for c, payload in [codec.pack_chunk_later(data)]]
         self.known.update(self.pending)
         self.pending.clear()
         self.size = 0
