@@ -36,12 +36,15 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def copy_if_unchanged(src: str, dst: str, mode: int, key: Key) -> os.stat_result | None:
-    """Copy ``src`` if it still is the file whose stat key is ``key``, before and after the
-    copy; the copy's stat, or None (nothing left at ``dst``)."""
+    """Copy ``src`` and keep the copy if ``src`` still is the file whose stat key is ``key``
+    once copied; the copy's stat, or None (nothing left at ``dst``). Checking after the copy
+    is enough: an index only keeps a key older than its clock, so any change since, during
+    the copy included, gave the file a later ctime. (Checking before as well cost a system
+    call a file, to spare a copy in the rare case the source had changed.)"""
     def same(fi: int, fo: int) -> bool:
-        return stat_key(os.fstat(fi)) == key  # not changed while we copied
+        return stat_key(os.fstat(fi)) == key
 
-    return _copy_checked(src, dst, mode, key[0], lambda st: stat_key(st) == key, same)
+    return _copy_checked(src, dst, mode, key[0], same)
 
 
 def copy_if_same(src: str, dst: str, mode: int, size: int,
@@ -53,19 +56,16 @@ def copy_if_same(src: str, dst: str, mode: int, size: int,
     def same(fi: int, fo: int) -> bool:
         return _fingerprints(fo, chunk_size) == fingerprints
 
-    return _copy_checked(src, dst, mode, size, lambda st: st.st_size == size, same)
+    return _copy_checked(src, dst, mode, size, same)
 
 
 def _copy_checked(src: str, dst: str, mode: int, size: int,
-                  before: Callable[[os.stat_result], bool],
                   after: Callable[[int, int], bool]) -> os.stat_result | None:
-    """Copy ``size`` bytes of ``src`` to a new ``dst`` if ``before`` accepts the source's
-    stat, and keep the copy if ``after(source fd, copy fd)`` accepts it. The copy's stat, or
-    None; on an error nothing is left at ``dst`` either."""
+    """Copy ``size`` bytes of ``src`` to a new ``dst`` and keep the copy if ``after(source
+    fd, copy fd)`` accepts it. The copy's stat, or None; on an error nothing is left at
+    ``dst`` either."""
     fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        if not before(os.fstat(fi)):
-            return None
         fo = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
         try:
             _copy_bytes(fi, fo, size)
@@ -93,7 +93,7 @@ def _fingerprints(fd: int, chunk_size: int) -> list[str]:
 
 def _copy_bytes(fi: int, fo: int, size: int) -> None:
     """Copy ``size`` bytes in the kernel (copy_file_range, as `cp` does), else by a read
-    loop. A source that changed meanwhile is caught by the caller's second stat."""
+    loop. A source that changed meanwhile is caught by the caller's check of the copy."""
     try:
         left = size
         while left > 0 and (n := os.copy_file_range(fi, fo, min(left, 1 << 30))):

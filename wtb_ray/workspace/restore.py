@@ -42,6 +42,10 @@ TWO_LANES, ALL_LANES = 2 << 20, 64 << 20
 FILE_BYTES = 32 << 10
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 Write = tuple[str, str, list[Any]]  # (path, path in the workspace, tree entry)
+# How a local source can supply a file: (its path there, the stat key its index vouches for,
+# or else the quick fingerprints its index recorded when it was too recent to vouch for).
+Source = tuple[str, Any, list[str] | None]
+Copy = tuple[Write, list[Source]]
 _pool_lock = threading.Lock()
 
 
@@ -68,7 +72,7 @@ class Restore:
         self.fresh: dict[str, Any] = {}
         # Files to write once every directory is synced: those a source has are copied from
         # it (``local``), the rest written from the store (``remote``).
-        self.local: list[Write] = []
+        self.local: list[Copy] = []
         self.remote: list[Write] = []
         self.copying: list[Future[list[Write]]] = []  # copy lanes on worker threads
         self.tasks: list[Future[None]] = []  # writes from the store
@@ -158,9 +162,10 @@ class Restore:
 
     def _dispatch(self, writes: list[Write]) -> None:
         for w in writes:
-            if any(_vouched(index, w[1], w[2][3]) or _fingerprinted(index, w[1], w[2][3])
-                   for _, index in self.sources):
-                self.local.append(w)
+            found = [s for root, index in self.sources if (s := _source(root, index, w[1],
+                                                                         w[2][3]))]
+            if found:
+                self.local.append((w, found))
             else:
                 self.remote.append(w)
 
@@ -218,27 +223,25 @@ class Restore:
         # Files whose source changed since its index vouched for them come from the store.
         self._write_from_store(pool, missed)
 
-    def _copy_lane(self, lane: list[Write]) -> list[Write]:
-        """Copy files from local sources; those no source had."""
+    def _copy_lane(self, lane: list[Copy]) -> list[Write]:
+        """Copy files from local sources; those no source had after all."""
         missed = []
-        for w in lane:
+        for w, found in lane:
             if self.stopping:
                 break
-            if not self._copy_local(*w):
+            if not self._copy_local(w, found):
                 missed.append(w)
         return missed
 
-    def _copy_local(self, path: str, rel: str, entry: list[Any]) -> bool:
-        for root, index in self.sources:
-            src = os.path.join(root, rel)
+    def _copy_local(self, w: Write, found: list[Source]) -> bool:
+        path, rel, entry = w
+        for src, key, fingerprints in found:
             try:
-                if _vouched(index, rel, entry[3]):
-                    st = files.copy_if_unchanged(src, path, entry[1], index.entries[rel][0])
-                elif _fingerprinted(index, rel, entry[3]):
-                    st = files.copy_if_same(src, path, entry[1], entry[2],
-                                            [f for f, _ in index.quick[rel]], tree.CHUNK_SIZE)
+                if fingerprints is None:
+                    st = files.copy_if_unchanged(src, path, entry[1], key)
                 else:
-                    continue
+                    st = files.copy_if_same(src, path, entry[1], entry[2], fingerprints,
+                                            tree.CHUNK_SIZE)
             except OSError:
                 continue
             if st is not None:
@@ -307,32 +310,32 @@ class Restore:
             os.close(fd)
 
 
-def _lanes(writes: list[Write]) -> list[list[Write]]:
-    """``writes`` in lanes of about equal cost (largest first, each to the lightest lane)."""
-    def cost(w: Write) -> int:
-        return w[2][2] + FILE_BYTES
+def _lanes(copies: list[Copy]) -> list[list[Copy]]:
+    """``copies`` in lanes of about equal cost (largest first, each to the lightest lane)."""
+    def cost(c: Copy) -> int:
+        return c[0][2][2] + FILE_BYTES
 
-    total = sum(map(cost, writes))
+    total = sum(map(cost, copies))
     count = 1 if total < TWO_LANES else 2 if total < ALL_LANES else WORKERS
     if count == 1:
-        return [writes] if writes else []
-    lanes: list[list[Write]] = [[] for _ in range(count)]
+        return [copies] if copies else []
+    lanes: list[list[Copy]] = [[] for _ in range(count)]
     heap = [(0, i) for i in range(count)]
-    for w in sorted(writes, key=cost, reverse=True):
+    for c in sorted(copies, key=cost, reverse=True):
         load, i = heap[0]
-        lanes[i].append(w)
-        heapq.heapreplace(heap, (load + cost(w), i))
+        lanes[i].append(c)
+        heapq.heapreplace(heap, (load + cost(c), i))
     return lanes
 
 
-def _vouched(index: StatIndex, rel: str, chunks: list[str]) -> bool:
-    """Whether a source's index vouches by stat that its file ``rel`` holds ``chunks``."""
-    known = index.entries.get(rel)
-    return known is not None and known[1] == chunks
-
-
-def _fingerprinted(index: StatIndex, rel: str, chunks: list[str]) -> bool:
-    """Whether a source's index last read ``chunks`` in its file ``rel``, too recently to
+def _source(root: str, index: StatIndex, rel: str, chunks: list[str]) -> Source | None:
+    """How the source directory ``root`` can supply ``rel`` holding ``chunks``: its index
+    vouches by stat that its file holds them, or it last read them there too recently to
     vouch for it by stat (a copy is then checked against the recorded fingerprints)."""
+    known = index.entries.get(rel)
+    if known is not None and known[1] == chunks:
+        return os.path.join(root, rel), known[0], None
     pairs = index.quick.get(rel)
-    return pairs is not None and [h for _, h in pairs] == chunks
+    if pairs is not None and [h for _, h in pairs] == chunks:
+        return os.path.join(root, rel), None, [f for f, _ in pairs]
+    return None
