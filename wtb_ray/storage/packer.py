@@ -62,7 +62,7 @@ class Packer:
                 return not self._queue
             return self._cond.wait_for(lambda: self._queued == 0, timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Pack what is queued (up to ``timeout``), then stop the thread."""
         self.drain(timeout)
         with self._cond:
