@@ -7,20 +7,22 @@ workspace, in the kernel, like `cp`), else written from the store, fetching chun
 batches of bounded size. Paths the tree lacks are removed unless ignored. Symbolic links are
 never followed: a link where the tree has a directory or file is replaced, not written through.
 
-Local copies run in lanes of about equal bytes, each a plain loop on one thread (the calling
-thread runs the first): a copy is a few system calls, and handing each file to a pool costs
-more than it saves, while a few long loops on threads do overlap in the kernel. A small
-restore is one lane, on the calling thread.
+Local copies run in lanes: plain loops on one to four threads (the calling thread is one)
+that take batches of files, largest first, from one queue until it is empty. A copy is a few
+system calls, and handing each file to a pool cost more than it saved, while a few long
+loops on threads overlap in the kernel; taking batches as they go keeps the lanes busy when
+some files take far longer than others (creating a file waits for writeback at times). A
+small restore is one lane, on the calling thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import shutil
 import stat
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,15 @@ from wtb_ray.workspace.index import StatIndex
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
 # Local copies: one lane (the calling thread) below TWO_LANES bytes, two below ALL_LANES,
-# else WORKERS. Measured on 2 cores: 2 threads copy 10 MB in 85 files ~20% faster than one
-# and 3 slower than 2; at 200 MB, when writeback makes copies wait, more threads overlap the
-# waits. Each file also counts as FILE_BYTES: creating one costs about as much as copying
-# that many bytes.
+# else WORKERS; never more lanes than CPUs this process may use. Measured on 2 cores: 2
+# threads copy 10 MB in 85 files ~20% faster than one and 3 slower than 2; at 200 MB, 2 and 4
+# lanes did about as well (0.35-0.85x `cp -r` and 0.71-0.78x over a few runs, one lane
+# 1.35x), while 4 threads on 2 CPUs can wait on kernel locks a descheduled thread holds. Each
+# file also counts as FILE_BYTES: creating one costs about as much as copying that many
+# bytes. A lane takes BATCH_BYTES' worth of files at a time.
 TWO_LANES, ALL_LANES = 2 << 20, 64 << 20
 FILE_BYTES = 32 << 10
+BATCH_BYTES = 1 << 20
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 Write = tuple[str, str, list[Any]]  # (path, path in the workspace, tree entry)
 # How a local source can supply a file: (its path there, the stat key its index vouches for,
@@ -214,23 +219,29 @@ class Restore:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path)
         pool = _workers()
-        lanes = _lanes(self.local)
-        self.copying = [pool.submit(self._copy_lane, lane) for lane in lanes[1:]]
+        queue, lanes = _batches(self.local)
+        self.copying = [pool.submit(self._copy_lane, queue) for _ in range(lanes - 1)]
         self._write_from_store(pool, self.remote)
-        missed = self._copy_lane(lanes[0]) if lanes else []
+        missed = self._copy_lane(queue)
         for task in self.copying:
             missed += task.result()
         # Files whose source changed since its index vouched for them come from the store.
         self._write_from_store(pool, missed)
 
-    def _copy_lane(self, lane: list[Copy]) -> list[Write]:
-        """Copy files from local sources; those no source had after all."""
+    def _copy_lane(self, queue: deque[list[Copy]]) -> list[Write]:
+        """Copy batches of files from local sources until none is left (or the restore
+        failed); the files no source had after all."""
         missed = []
-        for w, found in lane:
-            if self.stopping:
+        while not self.stopping:
+            try:
+                batch = queue.popleft()  # atomic: lanes share the queue without a lock
+            except IndexError:
                 break
-            if not self._copy_local(w, found):
-                missed.append(w)
+            for w, found in batch:
+                if self.stopping:
+                    break
+                if not self._copy_local(w, found):
+                    missed.append(w)
         return missed
 
     def _copy_local(self, w: Write, found: list[Source]) -> bool:
@@ -310,22 +321,30 @@ class Restore:
             os.close(fd)
 
 
-def _lanes(copies: list[Copy]) -> list[list[Copy]]:
-    """``copies`` in lanes of about equal cost (largest first, each to the lightest lane)."""
+def _batches(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
+    """``copies`` in batches of about BATCH_BYTES, largest files first, and how many lanes
+    should take them."""
     def cost(c: Copy) -> int:
         return c[0][2][2] + FILE_BYTES
 
     total = sum(map(cost, copies))
-    count = 1 if total < TWO_LANES else 2 if total < ALL_LANES else WORKERS
-    if count == 1:
-        return [copies] if copies else []
-    lanes: list[list[Copy]] = [[] for _ in range(count)]
-    heap = [(0, i) for i in range(count)]
+    lanes = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
+    queue: deque[list[Copy]] = deque()
+    size = BATCH_BYTES
     for c in sorted(copies, key=cost, reverse=True):
-        load, i = heap[0]
-        lanes[i].append(c)
-        heapq.heapreplace(heap, (load + cost(c), i))
-    return lanes
+        if size >= BATCH_BYTES:
+            queue.append([])
+            size = 0
+        queue[-1].append(c)
+        size += cost(c)
+    return queue, lanes
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _source(root: str, index: StatIndex, rel: str, chunks: list[str]) -> Source | None:
