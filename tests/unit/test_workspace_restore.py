@@ -209,7 +209,7 @@ def test_a_restore_that_fails_midway_stops_its_copy_lanes_before_raising(store, 
     assert len(job.copying) == 1 and job.copying[0].done()  # the other lane stopped too
     copied = sorted(dest.rglob("*.txt"))
     time.sleep(0.05)
-    assert sorted(dest.rglob("*.txt")) == copied and len(copied) < 10  # of its 30 files
+    assert sorted(dest.rglob("*.txt")) == copied and len(copied) < 10  # of 60: it stopped early
 
 
 def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_raising(

@@ -11,7 +11,7 @@ Local copies run in lanes: plain loops on one to four threads (the calling threa
 that take batches of files, largest first, from one queue until it is empty. A copy is a few
 system calls, and handing each file to a pool cost more than it saved, while a few long
 loops on threads overlap in the kernel; taking batches as they go keeps the lanes busy when
-some files take far longer than others (creating a file waits for writeback at times). A
+some files take far longer than others (creating one took from 0.06 to 0.5 ms here). A
 small restore is one lane, on the calling thread.
 """
 
@@ -213,8 +213,8 @@ class Restore:
     def _write_files(self) -> None:
         """Copy what sources have in lanes while what no source had is written from the
         store (fetched here, written on the pool's threads; copies, decompression and writes
-        release the GIL); then this thread runs the first lane. Last, what a copy found
-        changed comes from the store too."""
+        release the GIL); then this thread copies too, until the queue is empty. Last, what
+        a copy found changed comes from the store too."""
         for path in self.new_dirs:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path)
