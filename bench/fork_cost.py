@@ -166,15 +166,15 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
     for _ in range(steps):  # warm up: every step after the first sees the last one's files
         ex = bench.resume(ex.id) if ex.status.value == "paused" else bench.start(ex.id)
 
+    def stored() -> int:
+        bench.store.packer.drain()  # chunks compressed after their commit are in
+        return db_bytes(db)
+
     checkpoints, copies, forks, fork_bytes = [], [], [], []
     for r in range(rounds):
         ex = bench.resume(ex.id)  # one 1% step; its checkpoint is timed
         checkpoints.append(commit_times[-1])
         n = bench.state(ex.id)["n"]
-
-        def stored() -> int:
-            bench.store.packer.drain()  # chunks compressed after their commit are in
-            return db_bytes(db)
 
         def fork(r=r, n=n, origin=ex.id):
             before = stored()

@@ -1,6 +1,7 @@
 """Chunks committed raw with a checkpoint, compressed afterwards by the store's packer."""
 
 import os
+import time
 
 from sqlalchemy import select
 
@@ -45,14 +46,17 @@ def test_a_checkpoints_new_chunks_are_compressed_after_it_and_read_back_the_same
         bench.close()
 
 
-def test_closing_the_store_compresses_what_is_queued(sqlite_url):
+def test_closing_the_store_compresses_what_is_queued(sqlite_url, monkeypatch):
+    real_pack = codec.pack_chunk
+    monkeypatch.setattr(codec, "pack_chunk", lambda d: time.sleep(0.05) or real_pack(d))
     store = Store.open(sqlite_url)
-    h, data = _commit_raw(store, os.urandom(8).hex().encode() + LOG)
-    store.close()
+    chunks = dict(_commit_raw(store, os.urandom(8).hex().encode() + LOG) for _ in range(8))
+    assert sum(map(len, chunks.values())) > 1.2 * packer.BATCH_BYTES  # more than one batch
+    store.close()  # while the packer is still at its first batch
     reopened = Store.open(sqlite_url)
     try:
-        assert codecs(reopened, [h]) == {h: "s"}
-        assert reopened.run(blob_io.fetch, [h]) == {h: data}
+        assert set(codecs(reopened, chunks).values()) == {"s"}
+        assert reopened.run(blob_io.fetch, chunks) == chunks
     finally:
         reopened.close()
 
