@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wtb_ray.workspace import collector
 from wtb_ray.workspace.ignore import IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
@@ -50,8 +51,9 @@ class Workspace:
 
     def snapshot(self) -> str:
         """Record the directory; returns its root tree hash (every blob already stored)."""
-        root, _ = self._snapshot(inline=False)
-        self.save_index()
+        with collector.paused:
+            root, _ = self._snapshot(inline=False)
+            self.save_index()
         return root
 
     def snapshot_for_commit(self) -> tuple[str, list[tuple[str, str, int, bytes]]]:
@@ -59,9 +61,10 @@ class Workspace:
         written in the checkpoint's own transaction). Larger uploads are done already. The
         stat index is saved every INDEX_SAVE_S, not at each checkpoint (a cache: losing it
         costs a re-read), and by ``save_index``."""
-        result = self._snapshot(inline=True)
-        if time.monotonic() - self._index_saved_at >= INDEX_SAVE_S:
-            self.save_index()
+        with collector.paused:
+            result = self._snapshot(inline=True)
+            if time.monotonic() - self._index_saved_at >= INDEX_SAVE_S:
+                self.save_index()
         return result
 
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
@@ -82,11 +85,13 @@ class Workspace:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
         ``sources``: directories (another execution's workspace) to copy unchanged files
         from, where their stat index vouches for them, instead of the store."""
-        job = Restore(str(self.path), self.rules, self.index, self.reader, self.store, sources)
-        job.run(root_tree or EMPTY_TREE)
-        if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
-            self.known.update(job.reached)
-        self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
+        with collector.paused:
+            job = Restore(str(self.path), self.rules, self.index, self.reader, self.store,
+                          sources)
+            job.run(root_tree or EMPTY_TREE)
+            if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
+                self.known.update(job.reached)
+            self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
 
 
 __all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]
