@@ -11,7 +11,7 @@ class Recording(IgnoreRules):
     """Rules that note, at each path a pass looks at, whether the collector could run."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(["*.tmp"])  # with a pattern, files are asked about too
         self.enabled: list[bool] = []
 
     def ignored(self, rel: str, name: str, is_dir: bool) -> bool:

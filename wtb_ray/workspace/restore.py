@@ -162,7 +162,9 @@ class Restore:
                     os.chmod(target, entry[1])
                     self.touched.append((target, rel, entry[3]))
                 elif self.index.lookup(rel, st) is not None:  # else it was hashed: touched
-                    self.fresh[rel] = self.index.entries[rel]
+                    # The tree's own list of chunks (equal to the index's): the next snapshot
+                    # keeps this directory's entries by identity (snapshot.Snapshot._tree).
+                    self.fresh[rel] = (self.index.entries[rel][0], entry[3])
             else:
                 if st is not None:
                     self._clear(target, st)

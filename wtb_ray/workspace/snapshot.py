@@ -17,7 +17,7 @@ import xxhash
 from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import tree
-from wtb_ray.workspace.ignore import IgnoreRules
+from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 
 UPLOAD_BYTES = 16 << 20
@@ -122,10 +122,17 @@ class Snapshot:
 
     def _tree(self, path: str, prefix: str) -> str:
         # The per-file path is the hot loop of a checkpoint (one stat and one index lookup per
-        # file, thousands of files): hence the local names and the lookup inlined.
+        # file, thousands of files): hence the local names and the lookup inlined, the ignore
+        # rules asked about files only if there are any, and the last snapshot's entry kept
+        # (not rebuilt) for a file that is the same again, so that comparing this directory
+        # with the last snapshot's mostly compares an object with itself.
         entries: tree.Entries = {}
         ignored, index, quick = self.rules.ignored, self.index.entries, self.index.quick
+        check_files = bool(self.rules.patterns)
+        fresh, fresh_quick = self.fresh, self.quick
         stored = self.uploader.known
+        last = self.last_trees.get(prefix)
+        last_entries = last[0] if last is not None else {}
         with os.scandir(path) as it:
             items = list(it)
         for item in items:
@@ -136,17 +143,21 @@ class Snapshot:
             st = item.stat(follow_symlinks=False)
             mode = st.st_mode
             if S_ISREG(mode):
-                if ignored(rel, name, False):
+                if (check_files or rel == RESERVED) and ignored(rel, name, False):
                     continue
                 known = index.get(rel)
                 if (known is not None and known[0] == (st.st_size, st.st_mtime_ns,
                                                        st.st_ctime_ns, st.st_ino, mode)
-                        and stored.issuperset(known[1])):
-                    self.fresh[rel] = known
+                        and stored.issuperset(chunks := known[1])):
+                    fresh[rel] = known
                     pairs = quick.get(rel)
                     if pairs is not None:
-                        self.quick[rel] = pairs
-                    chunks = known[1]
+                        fresh_quick[rel] = pairs
+                    was = last_entries.get(name)
+                    if (was is not None and was[3] is chunks and was[0] == "f"
+                            and was[1] == S_IMODE(mode) and was[2] == st.st_size):
+                        entries[name] = was
+                        continue
                 else:
                     chunks = self._read(rel, item.path, st)
                 entries[name] = ["f", S_IMODE(mode), st.st_size, chunks]
@@ -160,7 +171,6 @@ class Snapshot:
             else:
                 raise WorkspaceError(rel, "not a regular file, directory or symbolic link "
                                           "(add it to the workspace ignore patterns)")
-        last = self.last_trees.get(prefix)
         if last is not None and last[1] in stored and last[0] == entries:
             h = last[1]
         else:
