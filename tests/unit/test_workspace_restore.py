@@ -1,6 +1,6 @@
 """Workspace restores on the embedded store: type changes and links, untracked paths, local
-copies (by stat or by fingerprints), older chunk names, new directories, modes, failures
-midway, and lanes that copy while later directories are still being read."""
+copies (by stat or by fingerprints), older chunk names, new directories, modes, and
+failures midway."""
 
 import os
 import time
@@ -238,41 +238,3 @@ def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_rais
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
     assert job.tasks and all(task.done() for task in job.tasks)
-
-
-def test_lanes_copy_a_directory_while_later_ones_are_still_being_read(store, tmp_path,
-                                                                       monkeypatch):
-    from wtb_ray.workspace import restore
-
-    origin = tmp_path / "origin"
-    for d in ("a", "z"):
-        (origin / d).mkdir(parents=True)
-        for i in range(5):
-            (origin / d / f"{i}.txt").write_text(f"{d}{i}\n")
-    age(*origin.rglob("*"))
-    ws = Workspace(origin, store)
-    tree = ws.snapshot()
-    ws.snapshot()  # the index now vouches for every file: all are copied
-    monkeypatch.setattr(restore, "TWO_LANES", 0)  # a worker lane from the first file
-    monkeypatch.setattr(restore, "BATCH_BYTES", 1)  # a batch per file
-    dest = tmp_path / "fork"
-    reader = TreeReader(store)
-    z_tree = reader.get(tree)["z"][1]
-    seen_while_reading_z: list[str] = []
-    real_get = reader.get
-
-    def get(tree_hash):
-        if tree_hash == z_tree:  # a's files are queued: wait until a lane has copied them
-            deadline = time.monotonic() + 5
-            while len(list((dest / "a").glob("*.txt"))) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            seen_while_reading_z.extend(sorted(p.name for p in (dest / "a").glob("*.txt")))
-        return real_get(tree_hash)
-
-    reader.get = get
-    job = restore.Restore(str(dest), ws.rules, Workspace(dest, store).index, reader, store,
-                          sources=[str(origin)])
-    job.run(tree)
-    assert seen_while_reading_z == [f"{i}.txt" for i in range(5)]
-    for path in origin.rglob("*.txt"):
-        assert (dest / path.relative_to(origin)).read_bytes() == path.read_bytes()

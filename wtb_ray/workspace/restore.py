@@ -8,14 +8,11 @@ batches of bounded size. Paths the tree lacks are removed unless ignored. Symbol
 never followed: a link where the tree has a directory or file is replaced, not written through.
 
 Local copies run in lanes: plain loops on one to four threads (the calling thread is one)
-that take batches of files from one queue until it is empty. A copy is a few system calls,
-and handing each file to a pool cost more than it saved, while a few long loops on threads
-overlap in the kernel; taking batches as they go keeps the lanes busy when some files take
-far longer than others (creating one took from 0.06 to 0.5 ms here). The queue fills while
-the trees are still being read and compared, directory by directory: a worker lane starts
-copying once the queue holds TWO_LANES bytes, while the calling thread goes on reading (in
-Python, holding the interpreter lock that copies, in the kernel, do not need); the calling
-thread joins the lanes when it is done. A small restore is one lane, on the calling thread.
+that take batches of files, largest first, from one queue until it is empty. A copy is a few
+system calls, and handing each file to a pool cost more than it saved, while a few long
+loops on threads overlap in the kernel; taking batches as they go keeps the lanes busy when
+some files take far longer than others (creating one took from 0.06 to 0.5 ms here). A
+small restore is one lane, on the calling thread.
 """
 
 from __future__ import annotations
@@ -38,12 +35,12 @@ from wtb_ray.workspace.index import StatIndex
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
-# Local copies: one lane (the calling thread) until TWO_LANES bytes are queued, two until
-# ALL_LANES, then WORKERS; never more lanes than CPUs this process may use. Measured on 2
-# cores: 2 threads copy 10 MB in 85 files ~20% faster than one and 3 slower than 2; at 200
-# MB, 2 and 4 lanes did about as well (0.35-0.85x `cp -r` and 0.71-0.78x over a few runs, one
-# lane 1.35x), while 4 threads on 2 CPUs can wait on kernel locks a descheduled thread holds.
-# Each file also counts as FILE_BYTES: creating one costs about as much as copying that many
+# Local copies: one lane (the calling thread) below TWO_LANES bytes, two below ALL_LANES,
+# else WORKERS; never more lanes than CPUs this process may use. Measured on 2 cores: 2
+# threads copy 10 MB in 85 files ~20% faster than one and 3 slower than 2; at 200 MB, 2 and 4
+# lanes did about as well (0.35-0.85x `cp -r` and 0.71-0.78x over a few runs, one lane
+# 1.35x), while 4 threads on 2 CPUs can wait on kernel locks a descheduled thread holds. Each
+# file also counts as FILE_BYTES: creating one costs about as much as copying that many
 # bytes. A lane takes BATCH_BYTES' worth of files at a time.
 TWO_LANES, ALL_LANES = 2 << 20, 64 << 20
 FILE_BYTES = 32 << 10
@@ -78,10 +75,9 @@ class Restore:
         self.reader = reader
         self.store = store
         self.fresh: dict[str, Any] = {}
-        # Files to write: those a source has are copied from it by the lanes, which take them
-        # from ``feed`` as directories are synced; the rest are written from the store
-        # (``remote``) once every directory is.
-        self.feed = _Feed()
+        # Files to write once every directory is synced: those a source has are copied from
+        # it (``local``), the rest written from the store (``remote``).
+        self.local: list[Copy] = []
         self.remote: list[Write] = []
         self.copying: list[Future[list[Write]]] = []  # copy lanes on worker threads
         self.tasks: list[Future[None]] = []  # writes from the store
@@ -89,6 +85,7 @@ class Restore:
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
+        self.new_dirs: list[str] = []  # directories the tree has and the disk lacks, parents first
         self.removed = 0
         # What the restored directory now holds: each directory's (entries, tree hash), as a
         # snapshot memoises them, and every blob the tree reaches.
@@ -99,11 +96,9 @@ class Restore:
         os.makedirs(self.root, exist_ok=True)
         try:
             self._sync(self.root, "", root_tree)
-            self.feed.close()
             self._write_files()
         except BaseException:
             self.stopping = True
-            self.feed.close()  # lanes waiting for more wake up, and stop
             tasks = [*self.copying, *self.tasks]
             for task in tasks:  # none may go on writing once we have given up
                 task.cancel()
@@ -119,7 +114,7 @@ class Restore:
         self.index.save()
 
     def _sync(self, path: str, prefix: str, tree_hash: str, new: bool = False) -> None:
-        """Make ``path`` hold the tree ``tree_hash``; ``new``: ``path`` was just made (it
+        """Make ``path`` hold the tree ``tree_hash``; ``new``: ``path`` is yet to be made (it
         holds nothing)."""
         entries = self.reader.get(tree_hash)
         self.trees[prefix] = (entries, tree_hash)
@@ -144,9 +139,8 @@ class Restore:
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     os.unlink(target)
                     st = None
-                if st is None:  # made now: lanes may copy into it as soon as it is fed
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(target)
+                if st is None:
+                    self.new_dirs.append(target)
                 self._sync(target, rel + "/", entry[1], new=st is None)
                 continue
             if kind == "l":
@@ -154,6 +148,8 @@ class Restore:
                     continue
                 if st is not None:
                     self._clear(target, st)
+                if new:
+                    os.makedirs(path, exist_ok=True)
                 os.symlink(entry[1], target)
                 continue
             self.reached.update(entry[3])
@@ -172,25 +168,13 @@ class Restore:
         self._dispatch(writes)
 
     def _dispatch(self, writes: list[Write]) -> None:
-        local: list[Copy] = []
         for w in writes:
             found = [s for root, index in self.sources if (s := _source(root, index, w[1],
                                                                          w[2][3]))]
             if found:
-                local.append((w, found))
+                self.local.append((w, found))
             else:
                 self.remote.append(w)
-        if local:
-            self.feed.add(local)
-            self._add_lanes()
-
-    def _add_lanes(self) -> None:
-        """Start worker lanes as the queued copies grow (the calling thread is a lane too,
-        once it has synced every directory)."""
-        queued = self.feed.queued
-        lanes = 1 if queued < TWO_LANES else min(_cpus(), 2 if queued < ALL_LANES else WORKERS)
-        while len(self.copying) + 1 < lanes:
-            self.copying.append(_workers().submit(self._copy_lane))
 
     def _same(self, path: str, rel: str, st: os.stat_result, entry: list[Any]) -> bool:
         chunks = self.index.lookup(rel, st)
@@ -229,23 +213,32 @@ class Restore:
             os.rmdir(path)
 
     def _write_files(self) -> None:
-        """Once every directory is synced (lanes may be copying already): write what no
-        source had from the store (fetched here, written on the pool's threads; copies,
-        decompression and writes release the GIL); then this thread copies too, until the
-        queue is empty. Last, what a copy found changed comes from the store too."""
+        """Copy what sources have in lanes while what no source had is written from the
+        store (fetched here, written on the pool's threads; copies, decompression and writes
+        release the GIL); then this thread copies too, until the queue is empty. Last, what
+        a copy found changed comes from the store too."""
+        for path in self.new_dirs:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
         pool = _workers()
+        queue, lanes = _batches(self.local)
+        self.copying = [pool.submit(self._copy_lane, queue) for _ in range(lanes - 1)]
         self._write_from_store(pool, self.remote)
-        missed = self._copy_lane()
+        missed = self._copy_lane(queue)
         for task in self.copying:
             missed += task.result()
         # Files whose source changed since its index vouched for them come from the store.
         self._write_from_store(pool, missed)
 
-    def _copy_lane(self) -> list[Write]:
-        """Copy batches of files from local sources until none is left and none will come
-        (or the restore failed); the files no source had after all."""
+    def _copy_lane(self, queue: deque[list[Copy]]) -> list[Write]:
+        """Copy batches of files from local sources until none is left (or the restore
+        failed); the files no source had after all."""
         missed = []
-        while not self.stopping and (batch := self.feed.take()) is not None:
+        while not self.stopping:
+            try:
+                batch = queue.popleft()  # atomic: lanes share the queue without a lock
+            except IndexError:
+                break
             for w, found in batch:
                 if self.stopping:
                     break
@@ -330,51 +323,23 @@ class Restore:
             os.close(fd)
 
 
-def _cost(c: Copy) -> int:
-    return c[0][2][2] + FILE_BYTES
+def _batches(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
+    """``copies`` in batches of about BATCH_BYTES, largest files first, and how many lanes
+    should take them."""
+    def cost(c: Copy) -> int:
+        return c[0][2][2] + FILE_BYTES
 
-
-class _Feed:
-    """The local copies, in batches of about BATCH_BYTES, filled by the thread that syncs
-    directories (each directory's files largest first) and taken by the lanes."""
-
-    def __init__(self) -> None:
-        self._batches: deque[list[Copy]] = deque()
-        self._open: list[Copy] = []  # the batch being filled
-        self._open_size = 0
-        self._closed = False
-        self._ready = threading.Condition()
-        self.queued = 0  # the cost of every copy added so far
-
-    def add(self, copies: list[Copy]) -> None:
-        for c in sorted(copies, key=_cost, reverse=True):
-            cost = _cost(c)
-            self._open.append(c)
-            self._open_size += cost
-            self.queued += cost
-            if self._open_size >= BATCH_BYTES:
-                self._push()
-
-    def close(self) -> None:
-        """No more copies will come: lanes empty the queue, then stop."""
-        if self._open:
-            self._push()
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def take(self) -> list[Copy] | None:
-        """The next batch, waiting for one while more may come; None once all are taken."""
-        with self._ready:
-            while not self._batches and not self._closed:
-                self._ready.wait()
-            return self._batches.popleft() if self._batches else None
-
-    def _push(self) -> None:
-        with self._ready:
-            self._batches.append(self._open)
-            self._ready.notify()
-        self._open, self._open_size = [], 0
+    total = sum(map(cost, copies))
+    lanes = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
+    queue: deque[list[Copy]] = deque()
+    size = BATCH_BYTES
+    for c in sorted(copies, key=cost, reverse=True):
+        if size >= BATCH_BYTES:
+            queue.append([])
+            size = 0
+        queue[-1].append(c)
+        size += cost(c)
+    return queue, lanes
 
 
 def _cpus() -> int:
