@@ -238,3 +238,20 @@ def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_rais
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
     assert job.tasks and all(task.done() for task in job.tasks)
+
+
+def test_consecutive_copy_batches_come_from_different_directories(monkeypatch):
+    """Lanes take batches one after another: two lanes creating files in one directory at
+    once wait on its lock. Same-size files, listed directory by directory, are the worst
+    case for an order by size alone."""
+    from wtb_ray.workspace import restore
+
+    monkeypatch.setattr(restore, "BATCH_BYTES", 3 * (restore.FILE_BYTES + 1000))
+    copies = [((f"/fork/{d}/{i}.bin", f"{d}/{i}.bin", ["f", 0o644, 1000, []]), [])
+              for d in ("a", "b", "c") for i in range(9)]
+    queue, _ = restore._batches(copies)
+    parents = [{os.path.dirname(c[0][0]) for c in batch} for batch in queue]
+    assert all(len(p) == 1 for p in parents)  # a batch is one directory's
+    order = [p.pop() for p in parents]
+    assert order == ["/fork/a", "/fork/b", "/fork/c"] * 3
+    assert sorted(c for batch in queue for c in batch) == sorted(copies)

@@ -8,7 +8,8 @@ batches of bounded size. Paths the tree lacks are removed unless ignored. Symbol
 never followed: a link where the tree has a directory or file is replaced, not written through.
 
 Local copies run in lanes: plain loops on one to four threads (the calling thread is one)
-that take batches of files, largest first, from one queue until it is empty. A copy is a few
+that take batches of files (each of one directory, directories in turn, largest files first)
+from one queue until it is empty. A copy is a few
 system calls, and handing each file to a pool cost more than it saved, while a few long
 loops on threads overlap in the kernel; taking batches as they go keeps the lanes busy when
 some files take far longer than others (creating one took from 0.06 to 0.5 ms here). A
@@ -324,21 +325,32 @@ class Restore:
 
 
 def _batches(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
-    """``copies`` in batches of about BATCH_BYTES, largest files first, and how many lanes
-    should take them."""
+    """``copies`` in batches of about BATCH_BYTES, each of one directory's files (largest
+    first), taken from the directories in turn, and how many lanes should take them. Lanes
+    take batches one after another, so at any time they create files in different
+    directories: creating files in one directory from two threads at once serialises on its
+    lock (two lanes in one directory were slower than one here, two in different ones
+    faster)."""
     def cost(c: Copy) -> int:
         return c[0][2][2] + FILE_BYTES
 
-    total = sum(map(cost, copies))
+    by_dir: dict[str, list[list[Copy]]] = {}
+    filled: dict[str, int] = {}  # the cost in each directory's last batch
+    total = 0
+    for c in sorted(copies, key=cost, reverse=True):
+        parent = os.path.dirname(c[0][0])
+        batches = by_dir.setdefault(parent, [[]])
+        if filled.get(parent, 0) >= BATCH_BYTES:
+            batches.append([])
+            filled[parent] = 0
+        batches[-1].append(c)
+        filled[parent] = filled.get(parent, 0) + cost(c)
+        total += cost(c)
     lanes = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
     queue: deque[list[Copy]] = deque()
-    size = BATCH_BYTES
-    for c in sorted(copies, key=cost, reverse=True):
-        if size >= BATCH_BYTES:
-            queue.append([])
-            size = 0
-        queue[-1].append(c)
-        size += cost(c)
+    turns = sorted(by_dir.values(), key=len, reverse=True)
+    for i in range(len(turns[0]) if turns else 0):
+        queue.extend(batches[i] for batches in turns if i < len(batches))
     return queue, lanes
 
 
