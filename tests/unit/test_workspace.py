@@ -2,6 +2,7 @@
 tree memo, ignore patterns and size limits. Restores: test_workspace_restore.py."""
 
 import os
+import shutil
 import time
 import tracemalloc
 
@@ -184,6 +185,41 @@ def test_an_unchanged_directory_keeps_its_tree_without_encoding_it_again(store, 
     fresh = Workspace(root, store)
     (root / ".wtb" / "index").unlink()
     assert fresh.snapshot() == second
+
+
+def test_entries_kept_from_the_last_snapshot_follow_mode_changes_and_type_swaps(store,
+                                                                                tmp_path):
+    """An unchanged file keeps the last snapshot's entry; a mode change, or a path that was
+    a link or a directory, gets a new one (the hashes are those of a snapshot from scratch)."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    for name in ("keep.txt", "mode.txt", "swap"):
+        (root / name).write_text(f"{name}\n")
+    (root / "link").symlink_to("keep.txt")
+    age(*[p for p in root.iterdir() if not p.is_symlink()])
+    ws = Workspace(root, store)
+    ws.snapshot()
+    first = ws.snapshot()  # the index vouches for every file now
+    mode = (root / "mode.txt").stat().st_mode & 0o777
+    (root / "mode.txt").chmod(0o600)
+    (root / "swap").unlink()
+    (root / "swap").mkdir()
+    (root / "swap" / "inner.txt").write_text("inner\n")
+    (root / "link").unlink()
+    (root / "link").write_text("now a file\n")
+    age(root / "mode.txt", root / "swap" / "inner.txt", root / "link")
+    second = ws.snapshot()
+    entries = ws.reader.get(second)
+    assert entries["mode.txt"][1] == 0o600 and entries["swap"][0] == "d"
+    assert entries["link"][0] == "f" and entries["keep.txt"] == ws.reader.get(first)["keep.txt"]
+    (root / ".wtb" / "index").unlink()
+    assert Workspace(root, store).snapshot() == second
+    shutil.rmtree(root / "swap")
+    (root / "swap").write_text("swap\n")
+    (root / "mode.txt").chmod(mode)
+    (root / "link").unlink()
+    (root / "link").symlink_to("keep.txt")
+    assert ws.snapshot() == first
 
 
 def test_after_a_restore_the_next_snapshot_encodes_only_the_trees_it_changed(store, tmp_path,

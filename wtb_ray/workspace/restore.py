@@ -9,11 +9,11 @@ never followed: a link where the tree has a directory or file is replaced, not w
 
 Local copies run in lanes: plain loops on one to four threads (the calling thread is one)
 that take batches of files (each of one directory, directories in turn, largest files first)
-from one queue until it is empty. A copy is a few
-system calls, and handing each file to a pool cost more than it saved, while a few long
-loops on threads overlap in the kernel; taking batches as they go keeps the lanes busy when
-some files take far longer than others (creating one took from 0.06 to 0.5 ms here). A
-small restore is one lane, on the calling thread.
+from one queue until it is empty. A copy is a few system calls, and handing each file to a
+pool cost more than it saved, while a few long loops on threads overlap in the kernel;
+taking batches as they go keeps the lanes busy when some files take far longer than others
+(creating one took from 0.06 to 0.5 ms here). A small restore is one lane, on the calling
+thread.
 """
 
 from __future__ import annotations

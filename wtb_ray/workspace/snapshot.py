@@ -154,7 +154,7 @@ class Snapshot:
                     if pairs is not None:
                         fresh_quick[rel] = pairs
                     was = last_entries.get(name)
-                    if (was is not None and was[3] is chunks and was[0] == "f"
+                    if (was is not None and was[0] == "f" and was[3] is chunks
                             and was[1] == S_IMODE(mode) and was[2] == st.st_size):
                         entries[name] = was
                         continue
