@@ -338,14 +338,13 @@ def _batches(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
     filled: dict[str, int] = {}  # the cost in each directory's last batch
     total = 0
     for c in sorted(copies, key=cost, reverse=True):
-        parent = os.path.dirname(c[0][0])
-        batches = by_dir.setdefault(parent, [[]])
-        if filled.get(parent, 0) >= BATCH_BYTES:
-            batches.append([])
+        parent, n = os.path.dirname(c[0][0]), cost(c)
+        if filled.get(parent, BATCH_BYTES) >= BATCH_BYTES:  # none yet, or the last is full
+            by_dir.setdefault(parent, []).append([])
             filled[parent] = 0
-        batches[-1].append(c)
-        filled[parent] = filled.get(parent, 0) + cost(c)
-        total += cost(c)
+        by_dir[parent][-1].append(c)
+        filled[parent] += n
+        total += n
     lanes = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
     queue: deque[list[Copy]] = deque()
     turns = sorted(by_dir.values(), key=len, reverse=True)
