@@ -175,6 +175,106 @@ def test_a_fork_that_cannot_commit_leaves_no_directory_behind(tmp_path):
         bench.close()
 
 
+# A fork process that has restored its files and stops just before its commit, until killed.
+FORK_THEN_HANG = """
+import pathlib, sys, time
+from wtb_ray.engine.bench import Bench
+
+bench = Bench.open()
+real = bench.store.commit
+
+def hang(change):
+    if change.new_execution is not None:
+        pathlib.Path(sys.argv[2]).write_text(change.execution_id)
+        time.sleep(600)
+    return real(change)
+
+bench.store.commit = hang
+bench.fork(sys.argv[1], run=False)
+"""
+
+
+def test_a_fork_killed_before_its_commit_leaves_only_a_directory_gc_removes(
+        make_bench, durable_url, tmp_path):
+    """SIGKILL a fork process after its restore wrote every file, before its commit: no fork
+    exists, no directory looks like a workspace, and `wtb gc` removes the leftovers once
+    they are older than the grace period. The next fork is unaffected."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import subprocess_env, wtb_cmd
+
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = run_recording(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    origin_now = picture(ws)
+    before = {e.id for e in bench.store.executions()}
+    env = subprocess_env(durable_url, WTB_HOME=str(tmp_path / "home"))
+    marker = tmp_path / "restored"
+    child = subprocess.Popen([sys.executable, "-c", FORK_THEN_HANG, ex.id, str(marker)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert child.poll() is None, child.communicate()
+        assert time.time() < deadline, "the fork never reached its commit"
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+
+    fork_id = marker.read_text()
+    homes = tmp_path / "home" / "workspaces"
+    staging = homes / f".forking-{fork_id}"
+    assert [p.name for p in homes.iterdir()] == [staging.name]
+    assert picture(staging) == pictures[head]  # what the restore wrote, under its own name
+    assert {e.id for e in bench.store.executions()} == before
+    assert picture(ws) == origin_now
+
+    def gc(*args):
+        done = subprocess.run(wtb_cmd("gc", *args, "--json"), capture_output=True, text=True,
+                              env=env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["unfinished_fork_dirs"]
+
+    assert gc() == [] and staging.is_dir()  # younger than the default grace: kept
+    assert gc("--grace", "0", "--dry-run") == [str(staging)] and staging.is_dir()
+    assert gc("--grace", "0") == [str(staging)] and not staging.exists()
+
+    fork = bench.fork(ex.id, run=False)
+    assert [p.name for p in homes.iterdir()] == [fork.id]
+    assert picture(homes / fork.id) == pictures[head]
+
+
+def test_a_fork_whose_directory_cannot_be_renamed_into_place_is_copied_there(
+        make_bench, tmp_path, caplog):
+    """Something made the fork's directory between its restore and its commit: the fork's
+    files are copied there from the staging directory (what was there goes), which goes."""
+    bench = make_bench()
+    ex, pictures = run_recording(bench, tmp_path / "ws")
+    head = bench.get(ex.id).head_checkpoint_id
+    real = bench.store.commit
+
+    def commit_then_squat(change):
+        committed = real(change)
+        if change.new_execution is not None:
+            squat = Path(change.new_execution.workspace["path"])
+            (squat / "deep").mkdir(parents=True)
+            (squat / "deep" / "stray.txt").write_text("not the fork's\n")
+        return committed
+
+    bench.store.commit = commit_then_squat
+    fork = bench.fork(ex.id, run=False)
+    homes = tmp_path / "home" / "workspaces"
+    assert [p.name for p in homes.iterdir()] == [fork.id]
+    assert picture(homes / fork.id) == pictures[head]
+    assert "copying the fork's files there instead" in caplog.text
+    bench.store.commit = real
+    assert bench.resume(fork.id).status is Status.COMPLETED
+
+
 def test_unchanged_files_are_stored_once_across_steps_and_executions(make_bench, tmp_path):
     bench = make_bench()
     ex, _ = run_recording(bench, tmp_path / "one")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, open_bench, out
 from wtb_ray.domain.errors import InvalidInput
-from wtb_ray.engine.workspaces import remove_managed
+from wtb_ray.engine.workspaces import remove_managed, unfinished_forks
 
 
 @contextmanager
@@ -58,7 +59,8 @@ def gc(grace: Annotated[float | None, typer.Option(
        json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Delete blobs no checkpoint reaches; optionally drop old executions first.
 
-    Executions a remaining fork depends on are always kept.
+    Executions a remaining fork depends on are always kept. Also removes, under WTB_HOME, the
+    directories of forks whose process died before the fork was committed.
     """
     from wtb_ray.storage import gc as collector
 
@@ -76,8 +78,13 @@ def gc(grace: Annotated[float | None, typer.Option(
             for ex_id in doomed:  # the rows are gone; the directory WTB made for it too
                 remove_managed(bench.settings, ex_id)
         report = collector.collect(bench.store, grace_s, dry_run=dry_run, progress=progress)
+        leftovers = unfinished_forks(bench.settings, grace_s)
+        if not dry_run:
+            for path in leftovers:
+                shutil.rmtree(path, ignore_errors=True)
     result = {"executions_deleted": doomed, "executions_kept_for_forks": kept,
-              "grace_seconds": grace_s, **report.to_dict()}
+              "grace_seconds": grace_s, **report.to_dict(),
+              "unfinished_fork_dirs": [str(p) for p in leftovers]}
     if json_out:
         print(json.dumps(result))
         return
@@ -87,6 +94,9 @@ def gc(grace: Annotated[float | None, typer.Option(
     out.print(f"{verb} {report.deleted} of {report.blobs} blobs ({report.bytes_freed:,} bytes); "
               f"{report.reachable} reachable, {report.kept_in_grace} unreachable but younger "
               f"than {grace_s:g} s", highlight=False)
+    if leftovers:
+        out.print(f"{verb} {len(leftovers)} directory(ies) of forks that never finished "
+                  f"(under {leftovers[0].parent})", highlight=False)
     if report.missing:
         err.print(f"warning: {report.missing} referenced workspace tree(s) are missing from "
                   "the store", highlight=False)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wtb_ray.domain.errors import NotFound
@@ -11,9 +14,12 @@ from wtb_ray.engine import checkpoints, workspaces
 from wtb_ray.engine.runner import Cursor
 from wtb_ray.engine.state import TrackedState, as_state
 from wtb_ray.storage.store import Change
+from wtb_ray.workspace import Workspace
 
 if TYPE_CHECKING:
     from wtb_ray.engine.bench import Bench, WorkflowLike
+
+log = logging.getLogger(__name__)
 
 
 def fork(bench: Bench, execution_id: str, at: int | None = None, *,
@@ -44,6 +50,12 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
     ws = workspaces.open_for(bench.store, bench.settings, ex)
     if ws is not None:
         workspaces.require_empty(str(ws.path))  # before the try: a refusal removes nothing
+    final = ws.path if ws is not None else None
+    if ws is not None and spec is True:
+        # WTB's own directory is restored under a staging name and renamed into place once
+        # the fork is committed: a process killed before that leaves only a directory
+        # `wtb gc` removes. (A directory the user named is restored in place.)
+        ws.move(workspaces.staging_dir(bench.settings, ex.id))
     existed = ws is not None and ws.path.exists()
     try:
         if ws is not None:
@@ -64,14 +76,36 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
         committed = bench.store.commit(Change(ex.id, events, checkpoint=write,
                                               new_execution=ex))
     except BaseException:
-        if ws is not None and not _committed(bench, ex.id):  # no fork: none of its files
-            workspaces.discard(ws.path, existed)
+        if ws is not None:
+            if not _committed(bench, ex.id):  # no fork: none of its files
+                workspaces.discard(ws.path, existed)
+            elif final is not None:
+                _into_place(ws, final, write.workspace_tree)
         raise
+    if ws is not None and final is not None:
+        _into_place(ws, final, write.workspace_tree)
     bench.created(ex, committed)
     if not run:
         return ex
     return bench.runner.drive(ex, wf, state, Cursor(committed.checkpoint_id, source.next_node),
                               workspace=ws)
+
+
+def _into_place(ws: Workspace, final: Path, tree: str | None) -> None:
+    """Move a committed fork's files from their staging directory to the one it records. If
+    the rename fails (something was made there meanwhile), that directory is made to hold
+    the fork's files instead, copied from the staging one, which is then removed."""
+    staging = ws.path
+    if staging == final:
+        return
+    try:
+        ws.move(final)
+    except OSError as exc:
+        log.warning("could not rename %s to %s (%s); copying the fork's files there instead",
+                    staging, final, exc)
+        ws.move(final, rename=False)
+        ws.restore(tree, sources=[str(staging)])
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _committed(bench: Bench, execution_id: str) -> bool:

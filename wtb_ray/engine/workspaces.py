@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import stat
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,36 @@ from wtb_ray.workspace.ignore import RESERVED
 WorkspaceSpec = bool | str | Path | None
 
 
+# A fork restores WTB's directory for it under this prefix and renames it into place once the
+# fork is committed: a fork process killed midway leaves a directory no execution names, that
+# `wtb gc` can tell apart from any execution's workspace (of any database sharing WTB_HOME).
+STAGING = ".forking-"
+
+
 def managed_dir(settings: Settings, execution_id: str) -> Path:
     return settings.home.expanduser() / "workspaces" / execution_id
+
+
+def staging_dir(settings: Settings, execution_id: str) -> Path:
+    return settings.home.expanduser() / "workspaces" / f"{STAGING}{execution_id}"
+
+
+def unfinished_forks(settings: Settings, grace_seconds: float) -> list[Path]:
+    """Directories of forks whose process died before the fork was committed (or before it
+    renamed the directory into place), untouched for ``grace_seconds``: the grace period
+    spares a fork whose restore began within it (the directory's mtime is when the restore
+    made it, or last changed its top-level entries)."""
+    parent = settings.home.expanduser() / "workspaces"
+    cutoff = time.time() - grace_seconds
+    found = []
+    for path in parent.glob(f"{STAGING}*") if parent.is_dir() else ():
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
+            found.append(path)
+    return sorted(found)
 
 
 def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,

@@ -7,12 +7,13 @@ hold exactly the files of a checkpoint again.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from wtb_ray.workspace import collector
-from wtb_ray.workspace.ignore import IgnoreRules
+from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
 from wtb_ray.workspace.snapshot import Snapshot, Trees, Uploader
@@ -75,6 +76,17 @@ class Workspace:
         result = snap.run(inline)
         self.last_files_read = snap.files_read
         return result
+
+    def move(self, path: str | Path, rename: bool = True) -> None:
+        """Go on at ``path``, renaming the directory there if it exists (unless not
+        ``rename``). The stat index stays valid: a rename keeps every file's inode and
+        times."""
+        path = Path(path)
+        if rename and self.path.exists():
+            os.rename(self.path, path)
+        self.path = path
+        if self._index is not None:
+            self._index.dir = path / RESERVED
 
     def save_index(self) -> None:
         if self._index is not None:
