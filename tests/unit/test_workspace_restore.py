@@ -11,6 +11,12 @@ from tests.unit.aging import age
 from wtb_ray.workspace import TreeReader, Workspace
 
 
+def files_of(root) -> dict:
+    """Each file under ``root`` (but WTB's .wtb) with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".wtb" not in p.relative_to(root).parts}
+
+
 def test_restore_replaces_types_and_never_writes_through_links(store, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -255,3 +261,59 @@ def test_consecutive_copy_batches_come_from_different_directories(monkeypatch):
     order = [p.pop() for p in parents]
     assert order == ["/fork/a", "/fork/b", "/fork/c"] * 3
     assert sorted(c for batch in queue for c in batch) == sorted(copies)
+
+
+def test_trees_this_process_has_seen_are_not_read_from_the_store_again(store, sqlite_url,
+                                                                       tmp_path, monkeypatch):
+    """A snapshot's trees, and a restore's, are kept decoded per store: a later restore,
+    rollback or fork here reads from the database only the trees it has not seen, while
+    another store (another process) still reads them, and a tree the store lacks is an error
+    whatever was cached."""
+    from wtb_ray.domain.errors import StorageError
+    from wtb_ray.storage import blob_io
+    from wtb_ray.storage.store import Store
+
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "top.txt").write_text("top\n")
+    (src / "a" / "mid.txt").write_text("mid\n")
+    (src / "a" / "b" / "deep.txt").write_text("deep\n")
+    root = Workspace(src, store).snapshot()
+    trees = {root} | {e[1] for _, e in TreeReader(store).walk(root) if e[0] == "d"}
+    assert len(trees) == 3
+    asked: list[set[str]] = []
+    real = blob_io.fetch
+
+    def fetch(conn, hashes):
+        asked.append(set(hashes))
+        return real(conn, hashes)
+
+    monkeypatch.setattr(blob_io, "fetch", fetch)
+    Workspace(tmp_path / "here", store).restore(root)
+    assert not any(trees & hashes for hashes in asked)
+    assert files_of(tmp_path / "here") == files_of(src)
+
+    other = Store.open(sqlite_url)
+    try:
+        asked.clear()
+        Workspace(tmp_path / "there", other).restore(root)
+        assert set().union(*asked) >= trees  # a level of the tree per query
+        assert files_of(tmp_path / "there") == files_of(src)
+        with pytest.raises(StorageError, match="missing from the store"):
+            TreeReader(other).get("0" * 32)
+    finally:
+        other.close()
+
+
+def test_the_tree_cache_keeps_the_most_recently_used_within_its_bytes():
+    from wtb_ray.workspace.tree import EMPTY_TREE, TreeCache
+
+    cache = TreeCache(max_bytes=100)
+    cache.put("a", {"x": ["l", "1"]}, 40)
+    cache.put("b", {"y": ["l", "2"]}, 40)
+    assert cache.get("a") == {"x": ["l", "1"]}  # now the most recently used
+    cache.put("c", {}, 40)
+    assert "b" not in cache and "a" in cache and "c" in cache
+    cache.put("huge", {}, 101)  # over the whole budget: not kept, nothing evicted for it
+    assert "huge" not in cache and "a" in cache
+    assert cache.get("nothing") is None and EMPTY_TREE not in cache  # evicted by now

@@ -72,7 +72,7 @@ class Workspace:
         if not self.path.is_dir():  # a failed mkdir costs more than a stat
             self.path.mkdir(parents=True, exist_ok=True)
         snap = Snapshot(str(self.path), self.rules, self.index, Uploader(self.store, self.known),
-                        self.max_file_bytes, self._trees)
+                        self.max_file_bytes, self._trees, self.reader.cache)
         result = snap.run(inline)
         self.last_files_read = snap.files_read
         return result

@@ -92,8 +92,10 @@ class Snapshot:
     """One pass over the directory; ``run()`` returns the root tree hash."""
 
     def __init__(self, root: str, rules: IgnoreRules, index: StatIndex, uploader: Uploader,
-                 max_file_bytes: int, trees: Trees | None = None) -> None:
+                 max_file_bytes: int, trees: Trees | None = None,
+                 cache: tree.TreeCache | None = None) -> None:
         self.root = root
+        self.cache = cache  # the store's decoded trees: each one encoded here goes in
         self.rules = rules
         self.index = index
         self.uploader = uploader
@@ -176,6 +178,8 @@ class Snapshot:
         else:
             h, data = tree.encode(entries)
             self.uploader.add(h, data)
+            if self.cache is not None:
+                self.cache.put(h, entries, len(data))
         self.trees[prefix] = (entries, h)
         return h
 

@@ -12,16 +12,22 @@ hold the same files, so a diff or a restore skips equal subtrees without reading
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
 
 CHUNK_SIZE = 1 << 17
 EMPTY_TREE = codec.digest(codec.encode({}))
+# Decoded trees kept per store, by the size of their encoding: some 50 workspaces of 200 MB
+# in ~1,600 files each.
+CACHE_BYTES = 8 << 20
 
 Entries = dict[str, list[Any]]
 
@@ -46,27 +52,71 @@ def content_id(entry: list[Any]) -> str:
     return codec.digest(",".join(chunks).encode())
 
 
+class TreeCache:
+    """Decoded trees by hash, shared by everything in the process that reads one store's
+    trees: a rollback, resume or fork then reads from the database only the directories no
+    snapshot or restore here has seen. A tree's hash names its content, so an entry never
+    goes stale. The entries are shared: never modify them. Least recently used go first."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self._trees: LRUCache[str, tuple[Entries, int]] = LRUCache(
+            max_bytes, getsizeof=lambda item: item[1])
+        self._lock = threading.Lock()  # an LRU's every read reorders it
+        self.put(EMPTY_TREE, {}, 2)
+
+    def get(self, tree: str) -> Entries | None:
+        with self._lock:
+            item = self._trees.get(tree)
+        return None if item is None else item[0]
+
+    def __contains__(self, tree: str) -> bool:
+        return tree in self._trees
+
+    def put(self, tree: str, entries: Entries, size: int) -> None:
+        """``size``: the length of the tree's encoding."""
+        if size <= self._trees.maxsize:
+            with self._lock:
+                self._trees[tree] = (entries, size)
+
+
+_caches: weakref.WeakKeyDictionary[Any, TreeCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def cache_for(store: Any) -> TreeCache:
+    with _caches_lock:
+        cache = _caches.get(store)
+        if cache is None:
+            cache = _caches[store] = TreeCache()
+        return cache
+
+
 class TreeReader:
-    """Loads tree objects from the store, a breadth of a tree at a time, with a cache."""
+    """Loads tree objects from the store, a breadth of a tree at a time, through the
+    store's tree cache."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self._cache: dict[str, Entries] = {EMPTY_TREE: {}}
+        self.cache = cache_for(store)
         self._wanted: set[str] = set()
 
     def get(self, tree: str) -> Entries:
-        if tree not in self._cache:
-            wanted = (self._wanted | {tree}) - self._cache.keys()
+        entries = self.cache.get(tree)
+        if entries is None:
+            wanted = {h for h in self._wanted if h not in self.cache}
+            wanted.add(tree)
             found = self.store.run(blob_io.fetch, wanted)
             if tree not in found:
                 raise StorageError(f"workspace tree {tree} is missing from the store")
             for h, data in found.items():
-                self._cache[h] = decode(data)
+                decoded = decode(data)
+                self.cache.put(h, decoded, len(data))
+                if h == tree:
+                    entries = decoded
             self._wanted -= found.keys()
-        entries = self._cache[tree]
         # Subtrees are fetched with the next miss: one query per level, not per directory.
         self._wanted.update(e[1] for e in entries.values()
-                            if e[0] == "d" and e[1] not in self._cache)
+                            if e[0] == "d" and e[1] not in self.cache)
         return entries
 
     def walk(self, tree: str, prefix: str = "") -> Iterator[tuple[str, list[Any]]]:
