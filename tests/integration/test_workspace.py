@@ -275,6 +275,57 @@ def test_a_fork_whose_directory_cannot_be_renamed_into_place_is_copied_there(
     assert bench.resume(fork.id).status is Status.COMPLETED
 
 
+def test_a_restore_the_file_system_refuses_is_one_line_naming_the_file_and_loses_nothing(
+        make_bench, durable_url, tmp_path):
+    """The workspace's data/ directory is made immutable (chattr +i: even root cannot create
+    files in it), so a rollback cannot bring back data/big.bin: `wtb rollback` says so in one
+    line naming the file (exit 2), the head stays, and once the directory is writable again
+    the same rollback restores the checkpoint's files exactly."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import subprocess_env, wtb_cmd
+
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr and root to make a directory immutable")
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = run_recording(bench, ws)
+    after_modify = bench.checkpoints(ex.id)[2]
+    head = bench.get(ex.id).head_checkpoint_id
+    env = subprocess_env(durable_url, WTB_HOME=str(tmp_path / "home"))
+    rollback = wtb_cmd("rollback", ex.id, "--to", str(after_modify.id))
+    subprocess.run(["chattr", "+i", str(ws / "data")], check=True)
+    try:
+        refused = subprocess.run(rollback, capture_output=True, text=True, env=env)
+    finally:
+        subprocess.run(["chattr", "-i", str(ws / "data")], check=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: workspace file {str(ws / 'data' / 'big.bin')!r}: cannot be restored: "
+        "Operation not permitted"]
+    after = bench.get(ex.id)
+    assert after.head_checkpoint_id == head and after.status is Status.COMPLETED
+    done = subprocess.run(rollback, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert bench.get(ex.id).head_checkpoint_id == after_modify.id
+    assert tracked(picture(ws)) == tracked(pictures[after_modify.id])
+
+
+def test_a_workspace_that_cannot_be_made_is_refused_before_anything_is_written(
+        make_bench, tmp_path):
+    bench = make_bench()
+    ex, _ = run_recording(bench, tmp_path / "ws")
+    (tmp_path / "a-file").write_text("not a directory\n")
+    before = {e.id for e in bench.store.executions()}
+    for make in (lambda: bench.fork(ex.id, run=False, workspace=str(tmp_path / "a-file" / "x")),
+                 lambda: bench.create(side_effects.files, {},
+                                      workspace=str(tmp_path / "a-file" / "y" / "z"))):
+        with pytest.raises(InvalidInput, match="is not a directory"):
+            make()
+    assert {e.id for e in bench.store.executions()} == before
+
+
 def test_unchanged_files_are_stored_once_across_steps_and_executions(make_bench, tmp_path):
     bench = make_bench()
     ex, _ = run_recording(bench, tmp_path / "one")

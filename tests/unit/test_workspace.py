@@ -257,3 +257,23 @@ def test_a_directory_emptied_by_a_restore_to_no_files_is_recorded_with_its_empty
     assert [p.name for p in root.iterdir()] == [".wtb"]
     assert ws.snapshot() == EMPTY_TREE
     assert store.run(blob_io.existing, [EMPTY_TREE]) == {EMPTY_TREE}
+
+
+def test_a_stat_index_that_cannot_be_saved_costs_a_warning_not_the_snapshot(store, tmp_path,
+                                                                            caplog):
+    """The index is a cache: when its file cannot be replaced (here a directory stands where
+    it goes), the snapshot still records the files, and the next process reads them again."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "a.txt").write_text("first\n")
+    ws = Workspace(root, store)
+    ws.snapshot()
+    (root / ".wtb" / "index").unlink()
+    (root / ".wtb" / "index" / "in-the-way").mkdir(parents=True)
+    (root / "a.txt").write_text("second\n")
+    tree = ws.snapshot()
+    assert "could not save the workspace's stat index" in caplog.text
+    assert sorted(p.name for p in (root / ".wtb").iterdir()) == ["index"]  # no temporary left
+    shutil.rmtree(root / ".wtb")
+    again = Workspace(root, store)
+    assert again.snapshot() == tree and again.last_files_read == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import time
@@ -65,7 +66,24 @@ def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,
         raise InvalidInput(f"workspace must be True or a directory path, got {spec!r}")
     if path.exists() and not path.is_dir():
         raise InvalidInput(f"workspace {str(path)!r} exists and is not a directory")
+    _check_can_make(path)
     return {"path": str(path), "ignore": IgnoreRules(patterns).patterns}
+
+
+def _check_can_make(path: Path) -> None:
+    """Refuse, before anything is written, a directory that could not be made: the first
+    existing path above it must be a directory this process may write in."""
+    above = path
+    while not above.exists():
+        above = above.parent
+    if above == path:
+        return
+    if not above.is_dir():
+        raise InvalidInput(f"workspace {str(path)!r} cannot be made: {str(above)!r} is not a "
+                           "directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InvalidInput(f"workspace {str(path)!r} cannot be made: no permission to write "
+                           f"in {str(above)!r}")
 
 
 def require_empty(path: str) -> None:

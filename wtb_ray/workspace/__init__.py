@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.workspace import collector
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
@@ -69,13 +72,25 @@ class Workspace:
         return result
 
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
-        if not self.path.is_dir():  # a failed mkdir costs more than a stat
-            self.path.mkdir(parents=True, exist_ok=True)
-        snap = Snapshot(str(self.path), self.rules, self.index, Uploader(self.store, self.known),
-                        self.max_file_bytes, self._trees, self.reader.cache)
-        result = snap.run(inline)
+        with self._naming_the_file("cannot be recorded"):
+            if not self.path.is_dir():  # a failed mkdir costs more than a stat
+                self.path.mkdir(parents=True, exist_ok=True)
+            snap = Snapshot(str(self.path), self.rules, self.index,
+                            Uploader(self.store, self.known), self.max_file_bytes, self._trees,
+                            self.reader.cache)
+            result = snap.run(inline)
         self.last_files_read = snap.files_read
         return result
+
+    @contextmanager
+    def _naming_the_file(self, what: str) -> Iterator[None]:
+        """A file system error (no space left, permission denied, a file where a directory
+        should be) as a WorkspaceError naming the path: one line for the CLI and the API."""
+        try:
+            yield
+        except OSError as exc:
+            path = os.fsdecode(exc.filename) if exc.filename is not None else str(self.path)
+            raise WorkspaceError(path, f"{what}: {exc.strerror or exc}") from exc
 
     def move(self, path: str | Path, rename: bool = True) -> None:
         """Go on at ``path``, renaming the directory there if it exists (unless not
@@ -97,7 +112,7 @@ class Workspace:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
         ``sources``: directories (another execution's workspace) to copy unchanged files
         from, where their stat index vouches for them, instead of the store."""
-        with collector.paused:
+        with collector.paused, self._naming_the_file("cannot be restored"):
             job = Restore(str(self.path), self.rules, self.index, self.reader, self.store,
                           sources)
             job.run(root_tree or EMPTY_TREE)

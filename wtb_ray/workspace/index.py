@@ -15,6 +15,8 @@ some ten times faster than blake2b here).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 import orjson
 
 from wtb_ray.workspace.ignore import RESERVED
+
+log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
 
@@ -92,11 +96,18 @@ class StatIndex:
     def save(self) -> None:
         if self.entries == self._saved and self.quick == self._saved_quick:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"index.{os.getpid()}.tmp"
         data: dict[str, Any] = {"v": 1, "entries": {r: [list(k), c]
                                                     for r, (k, c) in self.entries.items()},
                                 "quick": self.quick}
-        tmp.write_bytes(orjson.dumps(data))
-        os.replace(tmp, self.dir / "index")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(orjson.dumps(data))
+            os.replace(tmp, self.dir / "index")
+        except OSError as exc:  # a cache: a checkpoint or restore does not fail for it
+            log.warning("could not save the workspace's stat index in %s (%s): another "
+                        "process will read its files again instead", self.dir, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return
         self._saved, self._saved_quick = dict(self.entries), dict(self.quick)
