@@ -195,3 +195,39 @@ def test_metrics_parse_and_their_counters_move(api):
                  "wtb_node_duration_seconds", "wtb_checkpoint_write_seconds"):
         assert name in after, name
     assert total(after["wtb_checkpoint_write_seconds"]) > 0
+
+
+def test_a_rollback_whose_files_cannot_be_restored_answers_json_naming_the_file(api, tmp_path):
+    """An execution with a workspace (made here, in the API's database); its data/ directory
+    made immutable (chattr +i), so the rollback cannot bring back data/big.bin: a JSON error
+    naming the file, and the head has not moved."""
+    import os
+    import shutil
+
+    import pytest
+
+    from tests import side_effects
+    from wtb_ray.engine.bench import Bench
+
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr and root to make a directory immutable")
+    ws = tmp_path / "ws"
+    with Bench.open(api.settings) as bench:
+        ex = bench.run(side_effects.files, {}, workspace=str(ws))
+        after_modify = bench.checkpoints(ex.id)[2]
+    subprocess.run(["chattr", "+i", str(ws / "data")], check=True)
+    try:
+        refused = api.client.post(f"/v1/executions/{ex.id}/rollback",
+                                  json={"to": after_modify.id})
+    finally:
+        subprocess.run(["chattr", "-i", str(ws / "data")], check=True)
+    assert refused.status_code == 500
+    assert refused.json()["error"] == {
+        "status": 500, "field": None,
+        "message": f"workspace file {str(ws / 'data' / 'big.bin')!r}: cannot be restored: "
+                   "Operation not permitted"}
+    shown = api.client.get(f"/v1/executions/{ex.id}").json()["execution"]
+    assert shown["head_checkpoint_id"] == ex.head_checkpoint_id
+    rolled = api.client.post(f"/v1/executions/{ex.id}/rollback", json={"to": after_modify.id})
+    assert rolled.status_code == 200, rolled.text
+    assert (ws / "data" / "big.bin").exists()
