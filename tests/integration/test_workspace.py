@@ -312,6 +312,36 @@ def test_a_restore_the_file_system_refuses_is_one_line_naming_the_file_and_loses
     assert tracked(picture(ws)) == tracked(pictures[after_modify.id])
 
 
+def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_bench, tmp_path):
+    """The head's files cannot be brought back (the workspace is immutable and one of them was
+    deleted while paused): resume raises WorkspaceError naming it, and the run is paused
+    again, its lease released, the reason in its history; once fixed, it resumes."""
+    import shutil
+    import subprocess
+
+    from wtb_ray.domain.errors import WorkspaceError
+
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr and root to make a directory immutable")
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = run_recording(bench, ws, break_after=["modify"])
+    head = bench.get(ex.id).head_checkpoint_id
+    (ws / "new.txt").unlink()
+    subprocess.run(["chattr", "+i", str(ws)], check=True)
+    try:
+        with pytest.raises(WorkspaceError, match="new.txt.*cannot be restored"):
+            bench.resume(ex.id)
+    finally:
+        subprocess.run(["chattr", "-i", str(ws)], check=True)
+    after = bench.get(ex.id)
+    assert (after.status, after.lease_owner, after.head_checkpoint_id) == (
+        Status.PAUSED, None, head)
+    last = bench.history(ex.id)[-1]
+    assert last.kind == "execution.paused" and "new.txt" in last.data["reason"]
+    assert bench.resume(ex.id).status is Status.COMPLETED
+
+
 def test_a_workspace_that_cannot_be_made_is_refused_before_anything_is_written(
         make_bench, tmp_path):
     bench = make_bench()

@@ -6,13 +6,14 @@ any process sharing the database can control an execution another process starte
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import InvalidInput, InvalidTransition
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceError
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
@@ -26,6 +27,8 @@ from wtb_ray.storage import compensation_sql, gc
 from wtb_ray.storage.queries import Head
 from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change, Committed, Store
+
+log = logging.getLogger(__name__)
 
 WorkflowLike = Workflow | str
 
@@ -317,9 +320,31 @@ class Bench:
                          events: list[Event], patch: Mapping[str, Any] | None = None) -> Execution:
         wf = self._workflow(workflow, ex)
         change, to_run = self.claim_change(ex, action, wf, events, patch)
-        run = to_run(self.store.commit(change))
+        committed = self.store.commit(change)
+        try:
+            run = to_run(committed)
+        except WorkspaceError as exc:
+            self._unclaim(ex, exc)
+            raise
         return self._runner.drive(ex, wf, run.state, run.cursor, resumed=run.skip_break,
                                   workspace=run.workspace)
+
+    def _unclaim(self, ex: Execution, exc: WorkspaceError) -> None:
+        """A claimed run whose files could not be restored never ran a node: leave it
+        paused at its head, its lease released and the reason in its history, to be resumed
+        once the cause is fixed. If even that cannot be committed, its lease expires."""
+        ex.apply("pause")
+        try:
+            committed = self.store.commit(Change(ex.id, [ex.event(
+                "execution.paused", None, ex.head_checkpoint_id,
+                reason=f"its workspace could not be restored: {exc}")],
+                {"status": ex.status.value, **RELEASE}, fence_owner=self.owner,
+                fence_version=ex.version))
+        except Exception:
+            log.exception("could not pause %s after its workspace failed to restore", ex.id)
+            return
+        ex.version, ex.lease_owner, ex.lease_expires_at = committed.version, None, None
+        self.bus.publish(committed.events)
 
     def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
                      patch: Mapping[str, Any] | None = None, deadline: float | None = None,
