@@ -330,7 +330,7 @@ def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_benc
     (ws / "new.txt").unlink()
     subprocess.run(["chattr", "+i", str(ws)], check=True)
     try:
-        with pytest.raises(WorkspaceError, match="new.txt.*cannot be restored"):
+        with pytest.raises(WorkspaceError, match=r"new\.txt.*cannot be restored"):
             bench.resume(ex.id)
     finally:
         subprocess.run(["chattr", "-i", str(ws)], check=True)
@@ -340,6 +340,7 @@ def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_benc
     last = bench.history(ex.id)[-1]
     assert last.kind == "execution.paused" and "new.txt" in last.data["reason"]
     assert bench.resume(ex.id).status is Status.COMPLETED
+    assert picture(ws) == pictures[bench.get(ex.id).head_checkpoint_id]
 
 
 def test_a_workspace_that_cannot_be_made_is_refused_before_anything_is_written(

@@ -277,3 +277,32 @@ def test_a_stat_index_that_cannot_be_saved_costs_a_warning_not_the_snapshot(stor
     shutil.rmtree(root / ".wtb")
     again = Workspace(root, store)
     assert again.snapshot() == tree and again.last_files_read == 1
+
+
+def test_an_index_is_parsed_again_only_when_its_file_changed(store, tmp_path, monkeypatch):
+    """A fork loads its origin's index right after the origin's run wrote it: while the file
+    is the one this process wrote or read (same inode, size and times), its entries are
+    reused; a file another process replaced is parsed again."""
+    from wtb_ray.workspace import index as index_module
+    from wtb_ray.workspace.index import StatIndex
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    for i in range(3):
+        (root / f"f{i}.txt").write_text(f"file {i}\n")
+    age(*root.iterdir())
+    ws = Workspace(root, store)
+    ws.snapshot()
+    parsed = []
+    real = index_module._parse
+    monkeypatch.setattr(index_module, "_parse", lambda data: parsed.append(1) or real(data))
+    first = StatIndex.load(root)
+    assert parsed == [] and first.entries == ws.index.entries and len(first.entries) == 3
+    path = root / ".wtb" / "index"
+    replacement = root / ".wtb" / "other-process.tmp"
+    replacement.write_bytes(path.read_bytes())
+    os.replace(replacement, path)  # the same bytes in a new file: parsed again, once
+    assert StatIndex.load(root).entries == first.entries and parsed == [1]
+    assert StatIndex.load(root).entries == first.entries and parsed == [1]
+    path.write_bytes(b"not json")
+    assert StatIndex.load(root).entries == {} and parsed == [1, 1]

@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from wtb_ray.workspace.ignore import RESERVED
 
@@ -45,15 +47,16 @@ class StatIndex:
     @classmethod
     def load(cls, root: Path) -> StatIndex:
         index = cls(root)
+        path = index.dir / "index"
         try:
-            raw = orjson.loads((index.dir / "index").read_bytes())
-            index.entries = {rel: (tuple(e[0]), e[1]) for rel, e in raw["entries"].items()}
-            index.quick = raw.get("quick", {})  # [[fingerprint, hash], ...] per path
-            if not isinstance(index.quick, dict) or not all(
-                    isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2
-                                                    for p in pairs)
-                    for pairs in index.quick.values()):
-                raise TypeError("malformed fingerprints")
+            st = os.stat(path)
+            seen = _parsed.get(str(path), (st.st_ino, st.st_size, st.st_mtime_ns,
+                                           st.st_ctime_ns))
+            if seen is not None:
+                index.entries, index.quick = seen
+            else:
+                index.entries, index.quick = _parse(path.read_bytes())
+                _parsed.put(str(path), st, index.entries, index.quick)
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             index.entries, index.quick = {}, {}  # absent or unreadable: every file is read
         index._saved, index._saved_quick = dict(index.entries), dict(index.quick)
@@ -104,6 +107,8 @@ class StatIndex:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(orjson.dumps(data))
             os.replace(tmp, self.dir / "index")
+            _parsed.put(str(self.dir / "index"), os.stat(self.dir / "index"), self.entries,
+                        self.quick)
         except OSError as exc:  # a cache: a checkpoint or restore does not fail for it
             log.warning("could not save the workspace's stat index in %s (%s): another "
                         "process will read its files again instead", self.dir, exc)
@@ -111,3 +116,40 @@ class StatIndex:
                 tmp.unlink(missing_ok=True)
             return
         self._saved, self._saved_quick = dict(self.entries), dict(self.quick)
+
+
+def _parse(data: bytes) -> tuple[dict[str, tuple[Key, list[str]]], dict[str, list[list[str]]]]:
+    raw = orjson.loads(data)
+    entries = {rel: (tuple(e[0]), e[1]) for rel, e in raw["entries"].items()}
+    quick = raw.get("quick", {})  # [[fingerprint, hash], ...] per path
+    if not isinstance(quick, dict) or not all(
+            isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+            for pairs in quick.values()):
+        raise TypeError("malformed fingerprints")
+    return entries, quick
+
+
+class _Parsed:
+    """The indexes this process last wrote or parsed, by file: loading one whose file is
+    the same (inode, size, mtime, ctime) again shares their entries instead of parsing it
+    (a fork reads its origin's index, which the origin's run wrote just before; at 200 MB
+    that is ~400 KB of JSON). Entries are never modified in place, only replaced, so sharing
+    them is safe; and a stale hit would be harmless: each entry stands only for a file whose
+    stat still matches it."""
+
+    def __init__(self, size: int) -> None:
+        self._files: LRUCache[str, tuple[tuple[int, int, int, int], Any, Any]] = LRUCache(size)
+        self._lock = threading.Lock()
+
+    def get(self, path: str, key: tuple[int, int, int, int]) -> tuple[Any, Any] | None:
+        with self._lock:
+            hit = self._files.get(path)
+        return (hit[1], hit[2]) if hit is not None and hit[0] == key else None
+
+    def put(self, path: str, st: os.stat_result, entries: Any, quick: Any) -> None:
+        with self._lock:
+            self._files[path] = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                                 entries, quick)
+
+
+_parsed = _Parsed(4)

@@ -132,7 +132,8 @@ class Restore:
                 self._remove(item.path, prefix + name, is_dir)
         writes: list[Write] = []
         for name, entry in entries.items():
-            target, rel = os.path.join(path, name), prefix + name
+            # Joined by hand: os.path.join cost ~1 ms per 1,000 files, in a fork's hot loop.
+            target, rel = f"{path}/{name}", prefix + name
             item = present.get(name)
             st = item.stat(follow_symlinks=False) if item is not None else None
             kind = entry[0]
@@ -366,8 +367,8 @@ def _source(root: str, index: StatIndex, rel: str, chunks: list[str]) -> Source 
     vouch for it by stat (a copy is then checked against the recorded fingerprints)."""
     known = index.entries.get(rel)
     if known is not None and known[1] == chunks:
-        return os.path.join(root, rel), known[0], None
+        return f"{root}/{rel}", known[0], None
     pairs = index.quick.get(rel)
     if pairs is not None and [h for _, h in pairs] == chunks:
-        return os.path.join(root, rel), None, [f for f, _ in pairs]
+        return f"{root}/{rel}", None, [f for f, _ in pairs]
     return None
