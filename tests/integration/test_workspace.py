@@ -100,16 +100,20 @@ def test_resume_continues_from_the_head_files(make_bench, tmp_path):
     assert picture(ws) == pictures[head]
 
 
-def test_a_run_leaves_its_stat_index_for_the_next_resume_or_fork(make_bench, tmp_path):
+def test_a_run_leaves_its_stat_index_for_the_next_resume_or_fork(make_bench, tmp_path,
+                                                                  monkeypatch):
     """The index the run's checkpoints built is saved when the run stops: the next resume
     or fork knows every file's bytes without reading them from the store."""
     from wtb_ray.workspace import TreeReader
+    from wtb_ray.workspace import index as index_module
     from wtb_ray.workspace.index import StatIndex
 
     bench = make_bench()
     ws = tmp_path / "ws"
     ex, _ = run_recording(bench, ws, break_after=["modify"])
     assert ex.status is Status.PAUSED
+    # Read the file, as another process would.
+    monkeypatch.setattr(index_module, "_parsed", index_module._Parsed(4))
     index = StatIndex.load(ws)
     on_disk = {str(p.relative_to(ws)) for p in ws.rglob("*")
                if p.is_file() and not p.is_symlink() and ".wtb" not in p.parts}

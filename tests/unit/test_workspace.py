@@ -14,7 +14,9 @@ from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.workspace import IgnoreRules, Workspace
 
 
-def test_unchanged_files_are_not_read_again(store, tmp_path):
+def test_unchanged_files_are_not_read_again(store, tmp_path, monkeypatch):
+    from wtb_ray.workspace import index as index_module
+
     ws = Workspace(tmp_path / "ws", store)
     files = [tmp_path / "ws" / f"f{i}.txt" for i in range(5)]
     (tmp_path / "ws").mkdir()
@@ -28,7 +30,9 @@ def test_unchanged_files_are_not_read_again(store, tmp_path):
     age(files[2])
     second = ws.snapshot()
     assert second != first and ws.last_files_read == 1
-    again = Workspace(tmp_path / "ws", store)  # a new process: the index is on disk
+    # A new process: the index is on disk, and none has been parsed here.
+    monkeypatch.setattr(index_module, "_parsed", index_module._Parsed(4))
+    again = Workspace(tmp_path / "ws", store)
     again.restore(second)
     assert again.snapshot() == second and again.last_files_read == 0
 

@@ -100,9 +100,8 @@ class StatIndex:
         if self.entries == self._saved and self.quick == self._saved_quick:
             return
         tmp = self.dir / f"index.{os.getpid()}.tmp"
-        data: dict[str, Any] = {"v": 1, "entries": {r: [list(k), c]
-                                                    for r, (k, c) in self.entries.items()},
-                                "quick": self.quick}
+        # orjson writes each (key, chunks) tuple as the JSON array [key, chunks] load reads.
+        data: dict[str, Any] = {"v": 1, "entries": self.entries, "quick": self.quick}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(orjson.dumps(data))
