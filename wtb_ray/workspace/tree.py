@@ -103,9 +103,8 @@ class TreeReader:
     def get(self, tree: str) -> Entries:
         entries = self.cache.get(tree)
         if entries is None:
-            wanted = {h for h in self._wanted if h not in self.cache}
-            wanted.add(tree)
-            found = self.store.run(blob_io.fetch, wanted)
+            self._wanted = {h for h in self._wanted if h not in self.cache}
+            found = self.store.run(blob_io.fetch, self._wanted | {tree})
             if tree not in found:
                 raise StorageError(f"workspace tree {tree} is missing from the store")
             for h, data in found.items():
