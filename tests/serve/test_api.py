@@ -201,15 +201,13 @@ def test_a_rollback_whose_files_cannot_be_restored_answers_json_naming_the_file(
     """An execution with a workspace (made here, in the API's database); its data/ directory
     made immutable (chattr +i), so the rollback cannot bring back data/big.bin: a JSON error
     naming the file, and the head has not moved."""
-    import os
-    import shutil
-
     import pytest
 
     from tests import side_effects
+    from tests.integration.test_workspace_faults import immutable_supported
     from wtb_ray.engine.bench import Bench
 
-    if shutil.which("chattr") is None or os.geteuid() != 0:
+    if not immutable_supported():
         pytest.skip("needs chattr and root to make a directory immutable")
     ws = tmp_path / "ws"
     with Bench.open(api.settings) as bench:
