@@ -50,7 +50,6 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
     ws = workspaces.open_for(bench.store, bench.settings, ex)
     if ws is not None:
         workspaces.require_empty(str(ws.path))  # before the try: a refusal removes nothing
-    final = ws.path if ws is not None else None
     if ws is not None and spec is True:
         # WTB's own directory is restored under a staging name and renamed into place once
         # the fork is committed: a process killed before that leaves only a directory
@@ -79,11 +78,15 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
         if ws is not None:
             if not _committed(bench, ex.id):  # no fork: none of its files
                 workspaces.discard(ws.path, existed)
-            elif final is not None:
-                _into_place(ws, final, write.workspace_tree)
+            else:  # committed after all; the error raised stays the one to report
+                try:
+                    _into_place(ws, Path(ex.workspace["path"]), write.workspace_tree)
+                except Exception:
+                    log.exception("fork %s: its files stay in %s (a resume restores them)",
+                                  ex.id, ws.path)
         raise
-    if ws is not None and final is not None:
-        _into_place(ws, final, write.workspace_tree)
+    if ws is not None:
+        _into_place(ws, Path(ex.workspace["path"]), write.workspace_tree)
     bench.created(ex, committed)
     if not run:
         return ex
