@@ -227,3 +227,49 @@ def test_a_workspace_that_cannot_be_made_is_refused_before_anything_is_written(
         with pytest.raises(InvalidInput, match="is not a directory"):
             make()
     assert {e.id for e in bench.store.executions()} == before
+
+
+def test_what_deleting_an_execution_cannot_remove_of_its_directory_gc_removes_later(
+        make_bench, durable_url, tmp_path):
+    """A file in the execution's WTB-made directory cannot be unlinked (its directory is
+    immutable): `wtb delete` still deletes the execution, says in a warning what is left and
+    why, and leaves it under a name no execution has; `wtb gc` reports it again while the file
+    system refuses, and removes it once it lets go."""
+    if not immutable_supported():
+        pytest.skip("needs chattr and root to make a directory immutable")
+    bench = make_bench()
+    ex = bench.run(side_effects.files, {}, workspace=True)
+    homes = tmp_path / "home" / "workspaces"
+    locked = homes / ex.id / "data"
+    assert (locked / "small.json").is_file()
+    env = subprocess_env(durable_url, WTB_HOME=str(tmp_path / "home"))
+    left = homes / f".deleted-{ex.id}"
+
+    def wtb(*args):
+        done = subprocess.run(wtb_cmd(*args, "--json"), capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    subprocess.run(["chattr", "+i", str(locked)], check=True)
+    try:
+        deleted, warning = wtb("delete", ex.id)
+        assert deleted["deleted"] == ex.id
+        problem = f"{left / 'data' / 'small.json'}: Operation not permitted"
+        assert deleted["workspace_not_removed"] == problem
+        assert problem in warning and "wtb gc" in warning
+        assert ex.id not in {e.id for e in bench.store.executions()}
+        assert [p.name for p in homes.iterdir()] == [left.name]
+        assert sorted(p.name for p in (left / "data").iterdir()) == ["small.json"]
+
+        refused, warning = wtb("gc", "--grace", "0")
+        assert refused["deleted_workspace_dirs"] == [str(left)]
+        assert refused["not_removed"] == [problem] and problem in warning
+        assert left.is_dir()
+    finally:
+        subprocess.run(["chattr", "-i", str(left / "data")], check=False)
+        subprocess.run(["chattr", "-i", str(locked)], check=False)
+    dry, _ = wtb("gc", "--dry-run")
+    assert dry["deleted_workspace_dirs"] == [str(left)] and left.is_dir()
+    done, warning = wtb("gc")  # any age: its execution is gone
+    assert done["deleted_workspace_dirs"] == [str(left)] and done["not_removed"] == []
+    assert not warning and list(homes.iterdir()) == []

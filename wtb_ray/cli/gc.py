@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
@@ -13,7 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, open_bench, out
 from wtb_ray.domain.errors import InvalidInput
-from wtb_ray.engine.workspaces import remove_managed, unfinished_forks
+from wtb_ray.engine.workspaces import (
+    deleted_leftovers,
+    remove_dir,
+    remove_managed,
+    unfinished_forks,
+)
 
 
 @contextmanager
@@ -60,7 +64,8 @@ def gc(grace: Annotated[float | None, typer.Option(
     """Delete blobs no checkpoint reaches; optionally drop old executions first.
 
     Executions a remaining fork depends on are always kept. Also removes, under WTB_HOME, the
-    directories of forks whose process died before the fork was committed.
+    directories of forks whose process died before the fork was committed, and what deleting
+    executions could not remove of theirs.
     """
     from wtb_ray.storage import gc as collector
 
@@ -73,18 +78,26 @@ def gc(grace: Annotated[float | None, typer.Option(
         grace_s = bench.settings.gc_grace_seconds if grace is None else grace
         doomed, kept = collector.expired(bench.store, keep_last=keep_last,
                                          finished_before=finished_before)
+        # Earlier deletions' leftovers (listed first: one this run leaves is not tried twice).
+        deleted_dirs = deleted_leftovers(bench.settings)
+        failed: list[str | None] = []  # what could not be removed, and why
         if not dry_run:
             collector.delete_executions(bench.store, doomed, progress)
             for ex_id in doomed:  # the rows are gone; the directory WTB made for it too
-                remove_managed(bench.settings, ex_id)
+                failed.append(remove_managed(bench.settings, ex_id))
         report = collector.collect(bench.store, grace_s, dry_run=dry_run, progress=progress)
         leftovers = unfinished_forks(bench.settings, grace_s)
         if not dry_run:
-            for path in leftovers:
-                shutil.rmtree(path, ignore_errors=True)
+            failed += [remove_dir(path) for path in leftovers + deleted_dirs]
+    not_removed = [f for f in failed if f is not None]
     result = {"executions_deleted": doomed, "executions_kept_for_forks": kept,
               "grace_seconds": grace_s, **report.to_dict(),
-              "unfinished_fork_dirs": [str(p) for p in leftovers]}
+              "unfinished_fork_dirs": [str(p) for p in leftovers],
+              "deleted_workspace_dirs": [str(p) for p in deleted_dirs],
+              "not_removed": not_removed}
+    for problem in not_removed:
+        err.print(f"warning: could not remove {problem} (the next `wtb gc` tries again)",
+                  highlight=False, markup=False)
     if json_out:
         print(json.dumps(result))
         return
@@ -97,6 +110,9 @@ def gc(grace: Annotated[float | None, typer.Option(
     if leftovers:
         out.print(f"{verb} {len(leftovers)} directory(ies) of forks that never finished "
                   f"(under {leftovers[0].parent})", highlight=False)
+    if deleted_dirs:
+        out.print(f"{verb} what was left of {len(deleted_dirs)} deleted execution(s)' "
+                  f"directories (under {deleted_dirs[0].parent})", highlight=False)
     if report.missing:
         err.print(f"warning: {report.missing} referenced workspace tree(s) are missing from "
                   "the store", highlight=False)
@@ -107,9 +123,12 @@ def gc(grace: Annotated[float | None, typer.Option(
 def delete(execution_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Delete an execution and its history; `wtb gc` then frees the blobs only it used."""
     with open_bench(db) as bench:
-        bench.delete(execution_id)
+        left = bench.delete(execution_id)
+    if left is not None:
+        err.print(f"warning: could not remove all of its workspace directory: {left} "
+                  "(`wtb gc` removes the rest)", highlight=False, markup=False)
     if json_out:
-        print(json.dumps({"deleted": execution_id}))
+        print(json.dumps({"deleted": execution_id, "workspace_not_removed": left}))
     else:
         out.print(f"execution {execution_id} deleted (run `wtb gc` to free its stored data)",
                   highlight=False)

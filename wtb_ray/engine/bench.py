@@ -230,9 +230,11 @@ class Bench:
         return forking.fork(self, execution_id, at, patch=patch, variants=variants, run=run,
                             workflow=workflow, labels=labels, workspace=workspace)
 
-    def delete(self, execution_id: str) -> None:
+    def delete(self, execution_id: str) -> str | None:
         """Delete an execution and its history (not while it runs, nor while a fork of it
-        exists); its blobs go at the next ``wtb gc``, its WTB-made workspace directory now."""
+        exists); its blobs go at the next ``wtb gc``, its WTB-made workspace directory now.
+        Returns None, or what of that directory could not be removed and why (``wtb gc``
+        removes it later)."""
         ex = self.store.execution(execution_id)
         if ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex):
             raise InvalidTransition(ex.id, ex.status.value, "delete",
@@ -242,7 +244,11 @@ class Bench:
             raise InvalidInput(f"execution {ex.id} has forks that depend on its checkpoints "
                                f"({', '.join(forks)}): delete them first")
         gc.delete_executions(self.store, [ex.id])
-        workspaces.remove_managed(self.settings, ex.id)
+        left = workspaces.remove_managed(self.settings, ex.id)
+        if left is not None:
+            log.warning("execution %s deleted; its workspace directory is not all gone (%s): "
+                        "`wtb gc` removes the rest", ex.id, left)
+        return left
 
     # -- queries ------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,10 @@ WorkspaceSpec = bool | str | Path | None
 # fork is committed: a fork process killed midway leaves a directory no execution names, that
 # `wtb gc` can tell apart from any execution's workspace (of any database sharing WTB_HOME).
 STAGING = ".forking-"
+# A deleted execution's directory is renamed to this prefix before it is removed: what cannot
+# be removed then (a file the file system refuses to unlink, a process killed midway) stays
+# under a name that says it is garbage, and `wtb gc` removes it later.
+DELETED = ".deleted-"
 
 
 def managed_dir(settings: Settings, execution_id: str) -> Path:
@@ -31,6 +36,10 @@ def managed_dir(settings: Settings, execution_id: str) -> Path:
 
 def staging_dir(settings: Settings, execution_id: str) -> Path:
     return settings.home.expanduser() / "workspaces" / f"{STAGING}{execution_id}"
+
+
+def deleted_dir(settings: Settings, execution_id: str) -> Path:
+    return settings.home.expanduser() / "workspaces" / f"{DELETED}{execution_id}"
 
 
 def unfinished_forks(settings: Settings, grace_seconds: float) -> list[Path]:
@@ -49,6 +58,12 @@ def unfinished_forks(settings: Settings, grace_seconds: float) -> list[Path]:
         if stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
             found.append(path)
     return sorted(found)
+
+
+def deleted_leftovers(settings: Settings) -> list[Path]:
+    """What deleting executions left of their directories (any age: their rows are gone)."""
+    parent = settings.home.expanduser() / "workspaces"
+    return sorted(parent.glob(f"{DELETED}*")) if parent.is_dir() else []
 
 
 def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,
@@ -101,10 +116,37 @@ def open_for(store: Any, settings: Settings, ex: Execution) -> Workspace | None:
                      settings.workspace_max_file_bytes)
 
 
-def remove_managed(settings: Settings, execution_id: str) -> None:
+def remove_managed(settings: Settings, execution_id: str) -> str | None:
     """Remove a deleted execution's workspace if WTB made it (under WTB_HOME/workspaces);
-    a directory the user named is theirs to keep."""
-    shutil.rmtree(managed_dir(settings, execution_id), ignore_errors=True)
+    a directory the user named is theirs to keep. None once it is gone, else what is left
+    and why (renamed first, so what is left is `wtb gc`'s to remove)."""
+    path = managed_dir(settings, execution_id)
+    doomed = deleted_dir(settings, execution_id)
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:  # none was made (or another process renamed it)
+        return remove_dir(doomed) if doomed.exists() else None
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return remove_dir(doomed)
+
+
+def remove_dir(path: Path) -> str | None:
+    """Remove a directory tree; None once it is gone, else the first path that could not be
+    removed and why (the rest is removed all the same)."""
+    failed: list[str] = []
+
+    def note(func: object, where: str, exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError):  # another remover got there first
+            return
+        if not failed:
+            failed.append(f"{where}: {getattr(exc, 'strerror', None) or exc}")
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=note)
+    else:  # onerror gets (type, value, traceback)
+        shutil.rmtree(path, onerror=lambda f, where, info: note(f, where, info[1]))
+    return failed[0] if failed else None
 
 
 def discard(path: Path, existed: bool) -> None:
