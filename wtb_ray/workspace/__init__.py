@@ -19,7 +19,7 @@ from wtb_ray.workspace import collector
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
-from wtb_ray.workspace.snapshot import Snapshot, Trees, Uploader
+from wtb_ray.workspace.snapshot import DirKeys, Snapshot, Trees, Uploader
 from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
 
 # A run's checkpoints save the stat index at most this often (it is also saved when the run
@@ -44,6 +44,7 @@ class Workspace:
         self.reader = TreeReader(store)
         self._index: StatIndex | None = None
         self._trees: Trees = {}  # the last snapshot's directories (a memo of their hashes)
+        self._dir_keys: DirKeys = {}  # and which of them need not be listed again
         self._index_saved_at = time.monotonic()
         self.last_files_read = 0
 
@@ -77,7 +78,7 @@ class Workspace:
                 self.path.mkdir(parents=True, exist_ok=True)
             snap = Snapshot(str(self.path), self.rules, self.index,
                             Uploader(self.store, self.known), self.max_file_bytes, self._trees,
-                            self.reader.cache)
+                            self.reader.cache, self._dir_keys)
             result = snap.run(inline)
         self.last_files_read = snap.files_read
         return result
@@ -119,6 +120,7 @@ class Workspace:
             if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
                 self.known.update(job.reached)
             self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
+            self._dir_keys = job.dir_keys  # and lists only those the restore changed
 
 
 __all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]

@@ -36,6 +36,20 @@ def stat_key(st: os.stat_result) -> Key:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
+DirKey = tuple[int, int, int]  # inode, mtime_ns, ctime_ns
+
+
+def dir_key(st: os.stat_result, clock: int) -> DirKey | None:
+    """What a directory listed right after ``st`` was taken is known by, if its times are
+    older than ``clock`` (as for a file's entry: a change within the same tick of a coarse
+    clock leaves them equal). Creating, removing or renaming an entry changes a directory's
+    mtime and ctime, and no program can set a ctime: while the key is the same, so are the
+    names."""
+    if st.st_mtime_ns >= clock or st.st_ctime_ns >= clock:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
 class StatIndex:
     def __init__(self, root: Path) -> None:
         self.dir = root / RESERVED

@@ -32,7 +32,7 @@ from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import files, tree
 from wtb_ray.workspace.ignore import IgnoreRules
-from wtb_ray.workspace.index import StatIndex
+from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
@@ -92,9 +92,14 @@ class Restore:
         # snapshot memoises them, and every blob the tree reaches.
         self.trees: dict[str, tuple[tree.Entries, str]] = {}
         self.reached: set[str] = set()
+        # Directories this restore listed and left as they were, for the next snapshot not
+        # to list again (see snapshot.Snapshot), with a clock taken before any was looked at.
+        self.dir_keys: dict[str, DirKey] = {}
+        self.clock_before = 0
 
     def run(self, root_tree: str) -> None:
         os.makedirs(self.root, exist_ok=True)
+        self.clock_before = self.index.clock()
         try:
             self._sync(self.root, "", root_tree)
             self._write_files()
@@ -121,6 +126,8 @@ class Restore:
         self.trees[prefix] = (entries, tree_hash)
         self.reached.add(tree_hash)
         present: dict[str, os.DirEntry[str]] = {}
+        key = None if new else dir_key(os.lstat(path), self.clock_before)  # before listing
+        changed = False  # whether this directory's names change here
         if not new:
             with os.scandir(path) as it:
                 present = {e.name: e for e in it}
@@ -130,6 +137,7 @@ class Restore:
             is_dir = item.is_dir(follow_symlinks=False)
             if not self.rules.ignored(prefix + name, name, is_dir):
                 self._remove(item.path, prefix + name, is_dir)
+                changed = True
         writes: list[Write] = []
         for name, entry in entries.items():
             # Joined by hand: os.path.join cost ~1 ms per 1,000 files, in a fork's hot loop.
@@ -143,11 +151,13 @@ class Restore:
                     st = None
                 if st is None:
                     self.new_dirs.append(target)
+                    changed = True
                 self._sync(target, rel + "/", entry[1], new=st is None)
                 continue
             if kind == "l":
                 if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(target) == entry[1]:
                     continue
+                changed = True
                 if st is not None:
                     self._clear(target, st)
                 if new:
@@ -167,6 +177,8 @@ class Restore:
                 if st is not None:
                     self._clear(target, st)
                 writes.append((target, rel, entry))
+        if key is not None and not changed and not writes:
+            self.dir_keys[prefix] = key
         self._dispatch(writes)
 
     def _dispatch(self, writes: list[Write]) -> None:
