@@ -61,9 +61,11 @@ def unfinished_forks(settings: Settings, grace_seconds: float) -> list[Path]:
 
 
 def deleted_leftovers(settings: Settings) -> list[Path]:
-    """What deleting executions left of their directories (any age: their rows are gone)."""
+    """What deleting executions left of their directories (any age: their rows are gone).
+    Directories only: a link of that name is not followed, nor reported at every run."""
     parent = settings.home.expanduser() / "workspaces"
-    return sorted(parent.glob(f"{DELETED}*")) if parent.is_dir() else []
+    found = parent.glob(f"{DELETED}*") if parent.is_dir() else ()
+    return sorted(p for p in found if p.is_dir() and not p.is_symlink())
 
 
 def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,
