@@ -150,9 +150,13 @@ class BatchOrchestrator:
                 await asyncio.sleep(SWEEP_S if wait_s is None else min(wait_s, SWEEP_S))
             else:
                 break
-        status = await self.status(batch_id)
+        # Whether it is driven is settled before its status is read, not after: a driver that
+        # ended during the read would otherwise make a status read while it ran look final
+        # ("running", not driven), and `wtb demo` returned such a batch.
         retry_in_s = (await self.stalled()).get(batch_id)
-        status["driving"] = batch_id in self.drivers or retry_in_s is not None
+        driving = batch_id in self.drivers or retry_in_s is not None
+        status = await self.status(batch_id)
+        status["driving"] = driving
         status["retry_in_s"] = retry_in_s
         return status
 

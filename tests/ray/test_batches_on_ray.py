@@ -1,6 +1,7 @@
 """Batches on a local Ray instance, on SQLite and on PostgreSQL through PgBouncer, with real
 failures: executors killed by Ray and by os._exit, the orchestrator killed and restarted."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ from collections import Counter
 import pytest
 import ray
 
-from actors.orchestrator import get_or_create
+from actors import client
+from actors.orchestrator import NAMESPACE, BatchOrchestrator, get_or_create
 from tests.conftest import ROOT
 from tests.integration.test_batch_local import check_matrix_results, matrix_spec
 from tests.ray.conftest import wait_for
@@ -321,3 +323,32 @@ def test_a_batch_persisted_but_never_handed_to_the_orchestrator_still_runs(ray_s
         assert time.time() < deadline, service.progress(batch.id)
         time.sleep(0.2)
     check_matrix_results(service, batch.id)
+
+
+class _StatusReadWhileTheDriverEnds(BatchOrchestrator.__ray_actor_class__):
+    """An orchestrator whose reads of a batch's status are slow: each answers what it read
+    only once the batch's driver has ended (the race `wtb demo` once lost, made certain)."""
+
+    async def status(self, batch_id):
+        read = await super().status(batch_id)
+        deadline = time.monotonic() + 120
+        while batch_id in self.drivers and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return read
+
+
+@SQLITE_ONLY
+def test_a_batch_whose_driver_ends_during_a_status_read_is_followed_to_its_end(ray_settings,
+                                                                             service):
+    """A status read while the driver runs says "running"; if the driver ends before the
+    answer goes out, the answer must still say it is driven, or `follow` (behind `wtb batch
+    run` and `wtb demo`) stops at a batch that is still running."""
+    orchestrator = ray.remote(_StatusReadWhileTheDriverEnds).options(
+        name=ray_settings.orchestrator_name, namespace=NAMESPACE).remote(
+        ray_settings.for_actors())
+    batch_id = ray.get(orchestrator.submit.remote(matrix_spec().model_dump(mode="json")))
+    first = ray.get(orchestrator.wait.remote(batch_id, 0.05), timeout=240)
+    assert first["driving"] or first["batch"]["status"] == "completed", first
+    final = client.follow(orchestrator, batch_id, lambda progress: None, poll_s=0.05)
+    assert final["batch"]["status"] == "completed" and not final["driving"]
+    check_matrix_results(service, batch_id)
