@@ -1,7 +1,7 @@
 """Workspace files when things go wrong, done for real: a fork process killed before its
 commit, a fork the database refuses, a directory renamed into place that something took,
-files the file system will not let a rollback or resume write (``chattr +i``), and a
-workspace path that cannot be made.
+files the file system will not let a rollback or resume write, nor a delete remove
+(``chattr +i``), and a workspace path that cannot be made.
 
 Runs on embedded SQLite and on PostgreSQL through PgBouncer (``durable_url``).
 """
