@@ -47,25 +47,28 @@ def unfinished_forks(settings: Settings, grace_seconds: float) -> list[Path]:
     renamed the directory into place), untouched for ``grace_seconds``: the grace period
     spares a fork whose restore began within it (the directory's mtime is when the restore
     made it, or last changed its top-level entries)."""
-    parent = settings.home.expanduser() / "workspaces"
     cutoff = time.time() - grace_seconds
+    return [path for path, st in _dirs_named(settings, STAGING) if st.st_mtime < cutoff]
+
+
+def deleted_leftovers(settings: Settings) -> list[Path]:
+    """What deleting executions left of their directories (any age: their rows are gone)."""
+    return [path for path, _ in _dirs_named(settings, DELETED)]
+
+
+def _dirs_named(settings: Settings, prefix: str) -> list[tuple[Path, os.stat_result]]:
+    """Directories under WTB_HOME/workspaces whose names start with ``prefix``, sorted, with
+    their stat. Directories only: a link of such a name is neither followed nor reported."""
+    parent = settings.home.expanduser() / "workspaces"
     found = []
-    for path in parent.glob(f"{STAGING}*") if parent.is_dir() else ():
+    for path in parent.glob(f"{prefix}*") if parent.is_dir() else ():
         try:
             st = path.lstat()
         except FileNotFoundError:  # removed meanwhile
             continue
-        if stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
-            found.append(path)
-    return sorted(found)
-
-
-def deleted_leftovers(settings: Settings) -> list[Path]:
-    """What deleting executions left of their directories (any age: their rows are gone).
-    Directories only: a link of that name is not followed, nor reported at every run."""
-    parent = settings.home.expanduser() / "workspaces"
-    found = parent.glob(f"{DELETED}*") if parent.is_dir() else ()
-    return sorted(p for p in found if p.is_dir() and not p.is_symlink())
+        if stat.S_ISDIR(st.st_mode):
+            found.append((path, st))
+    return sorted(found, key=lambda item: item[0])
 
 
 def config(settings: Settings, execution_id: str, spec: WorkspaceSpec,
