@@ -268,6 +268,14 @@ def test_invalid_transitions_raise_and_write_nothing(bench):
         bench.run(workflows.chain, {}, variants={"b": "nope"})
     with pytest.raises(InvalidInput, match="--patch must be a JSON object"):
         bench.fork(ex.id, patch=[1, 2])
+    with pytest.raises(InvalidInput, match="belongs to execution"):
+        bench.fork(ex.id, at=bench.checkpoints(stopped.id)[0].id)
+    with pytest.raises(NotFound, match="checkpoint"):
+        bench.fork(ex.id, at=10**6)
+    with pytest.raises(NotFound, match="no-such-id"):
+        bench.fork("no-such-id")
+    with pytest.raises(InvalidInput, match="checkpoint id must be an integer"):
+        bench.fork(ex.id, at="three")
     assert bench.store.table_counts() == counts
 
 

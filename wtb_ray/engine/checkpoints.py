@@ -3,11 +3,13 @@ last ran" on the current branch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from wtb_ray.domain.checkpoint import Checkpoint
 from wtb_ray.domain.errors import InvalidInput, NotFound
 from wtb_ray.domain.execution import Execution
+from wtb_ray.storage import queries
+from wtb_ray.storage.queries import State
 from wtb_ray.storage.store import Store
 
 
@@ -20,9 +22,21 @@ def checkpoint_id(value: Any) -> int:
 
 def own_checkpoint(store: Store, ex: Execution, ident: int | None) -> Checkpoint:
     """Checkpoint ``ident``, refused unless it belongs to ``ex``."""
-    if ident is None:
+    return _owned(ex, None if ident is None else store.checkpoint(checkpoint_id(ident)))
+
+
+def with_state(store: Store, execution_id: str, ident: int | None
+               ) -> tuple[Execution, Checkpoint, State]:
+    """An execution, its checkpoint ``ident`` (its head if None) and the state there, read
+    in one transaction; the checkpoint refused as by ``own_checkpoint``."""
+    cid = None if ident is None else checkpoint_id(ident)
+    ex, ckpt, state = store.run(queries.checkpoint_with_state, execution_id, cid)
+    return ex, _owned(ex, ckpt), cast(State, state)  # read when the checkpoint is ex's
+
+
+def _owned(ex: Execution, ckpt: Checkpoint | None) -> Checkpoint:
+    if ckpt is None:
         raise InvalidInput(f"execution {ex.id} has no checkpoint yet")
-    ckpt = store.checkpoint(checkpoint_id(ident))
     if ckpt.execution_id != ex.id:
         raise InvalidInput(f"checkpoint {ckpt.id} belongs to execution {ckpt.execution_id}, "
                            f"not {ex.id}")

@@ -28,14 +28,12 @@ def fork(bench: Bench, execution_id: str, at: int | None = None, *,
          labels: Mapping[str, Any] | None = None,
          workspace: workspaces.WorkspaceSpec = None) -> Execution:
     """See Bench.fork."""
-    origin = bench.store.execution(execution_id)
-    at = origin.head_checkpoint_id if at is None else at
-    source = checkpoints.own_checkpoint(bench.store, origin, at)
+    origin, source, (values, manifest, _) = checkpoints.with_state(bench.store, execution_id,
+                                                                    at)
     wf = bench.workflow_for(origin, workflow)
     choice = {**origin.variants, **wf.check_choice(dict(variants or {}))}
     choice = {n: v for n, v in choice.items() if (variants or {}).get(n) != "default"}
     patch = as_state(patch, "--patch") if patch is not None else {}
-    values, manifest, _ = bench.store.state_at(source.id)
     state = TrackedState(values, manifest, 0)
     write = state.checkpoint(patch, node="patch", parent_id=source.id, step=source.step,
                              kind="fork", next_node=source.next_node, full=True)

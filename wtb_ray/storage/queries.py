@@ -103,7 +103,10 @@ def load_values(conn: Connection, hashes: list[str]) -> dict[str, Any]:
     return found
 
 
-def state_at(conn: Connection, checkpoint_id: int) -> tuple[dict[str, Any], dict[str, str], int]:
+State = tuple[dict[str, Any], dict[str, str], int]  # state, manifest, deltas since full
+
+
+def state_at(conn: Connection, checkpoint_id: int) -> State:
     """(state, manifest, deltas since the full manifest) at a checkpoint."""
     entries, since_full = manifest(conn, checkpoint_id)
     hashes = [e for e in entries.values() if not codec.is_inline(e)]
@@ -113,7 +116,7 @@ def state_at(conn: Connection, checkpoint_id: int) -> tuple[dict[str, Any], dict
     return state, entries, since_full
 
 
-Head = tuple[Checkpoint, tuple[dict[str, Any], dict[str, str], int]]
+Head = tuple[Checkpoint, State]
 
 
 def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, Head | None]]:
@@ -129,6 +132,20 @@ def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, H
         head = checkpoint(conn, ex.head_checkpoint_id)
         found.append((ex, (head, state_at(conn, head.id))))
     return found
+
+
+def checkpoint_with_state(conn: Connection, execution_id: str, checkpoint_id: int | None
+                          ) -> tuple[Execution, Checkpoint | None, State | None]:
+    """An execution, its checkpoint ``checkpoint_id`` (its head if None; None if it has
+    none) and the state there (None if that checkpoint is another execution's), in one
+    transaction: what a fork starts from, read in one snapshot and one round trip instead
+    of three."""
+    ex = execution(conn, execution_id)
+    cid = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
+    if cid is None:
+        return ex, None, None
+    ckpt = checkpoint(conn, cid)
+    return ex, ckpt, state_at(conn, cid) if ckpt.execution_id == ex.id else None
 
 
 def boundaries_of(conn: Connection, execution_id: str) -> list[NodeBoundary]:
