@@ -16,6 +16,8 @@ alternating order), and ratios are medians of per-round ratios:
   from the store / that round's `cp -r` time.
 
 The copy and the fork each start after `sync` (nothing left to write back from before).
+Each round also times creating empty files where the copy goes (``create_us``): on a VM's
+disk that cost, and `cp -r` with it, can change several times over between runs.
 
 Targets: checkpoint <= 0.1x, fork bytes <= 0.05x, fork + restore <= 1.0x. The last line is JSON.
 
@@ -138,6 +140,24 @@ def settle() -> None:
     os.sync()
 
 
+def create_us(where: Path, n: int = 100) -> float:
+    """Median time to create an empty file in a new directory under ``where``, in
+    microseconds: most of what a copy of many files costs on this disk, and it varied here
+    from ~10 to ~400 us between directories of one ext4 file system and from minute to
+    minute, taking `cp -r` (and so every ratio) with it."""
+    probe = where / "create-probe"
+    probe.mkdir()
+    times = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            times.append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(probe)
+    return statistics.median(times) * 1e6
+
+
 def cp_time(src: Path, dst: Path) -> float:
     if dst.exists():
         shutil.rmtree(dst)
@@ -170,8 +190,9 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
         bench.store.packer.drain()  # chunks compressed after their commit are in
         return db_bytes(db)
 
-    checkpoints, copies, forks, fork_bytes = [], [], [], []
+    checkpoints, copies, forks, fork_bytes, creates = [], [], [], [], []
     for r in range(rounds):
+        creates.append(create_us(tmp))
         ex = bench.resume(ex.id)  # one 1% step; its checkpoint is timed
         checkpoints.append(commit_times[-1])
         n = bench.state(ex.id)["n"]
@@ -200,7 +221,7 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
     return {
         "total_bytes": total, "initial_s": initial, "checkpoint_s": med(checkpoints),
         "copy_s": med(copies), "fork_restore_s": med(forks), "fork_bytes": med(fork_bytes),
-        "changed_bytes": med(_changed),
+        "changed_bytes": med(_changed), "create_us": med(creates),
         "ratio_checkpoint_time": med(c / k for c, k in zip(checkpoints, copies, strict=True)),
         "ratio_fork_bytes": med(fork_bytes) / total,
         "ratio_fork_restore_time": med(f / k for f, k in zip(forks, copies, strict=True)),
@@ -227,7 +248,8 @@ def main() -> None:
         rows += [
             (f"[{tag}] workspace", f"{m['total_bytes']:,} bytes; 1% step changes "
                                    f"{m['changed_bytes']:,.0f} bytes"),
-            (f"[{tag}] cp -r (full copy)", f"{m['copy_s'] * 1000:.1f} ms"),
+            (f"[{tag}] cp -r (full copy)", f"{m['copy_s'] * 1000:.1f} ms  (creating a file "
+                                           f"here: {m['create_us']:.0f} us)"),
             (f"[{tag}] first checkpoint (all files)", f"{m['initial_s'] * 1000:.1f} ms"),
             (f"[{tag}] checkpoint after a 1% change",
              f"{m['checkpoint_s'] * 1000:.1f} ms  ({m['ratio_checkpoint_time']:.3f}x)"),
@@ -242,6 +264,7 @@ def main() -> None:
         figures[f"checkpoint_ms_{tag}"] = m["checkpoint_s"] * 1000
         figures[f"fork_restore_ms_{tag}"] = m["fork_restore_s"] * 1000
         figures[f"fork_bytes_{tag}"] = m["fork_bytes"]
+        figures[f"create_us_{tag}"] = m["create_us"]
     report(rows, figures)
 
 

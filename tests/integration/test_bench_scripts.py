@@ -18,7 +18,8 @@ SCRIPTS = {
     "storage_growth.py": (["--steps", "10"], {
         "wtb_bytes", "langgraph_bytes", "ideal_bytes", "wtb_ratio_to_ideal"}),
     "fork_cost.py": (["--sizes-mb", "1", "--steps", "1", "--rounds", "1"], {
-        "ratio_checkpoint_time_1mb", "ratio_fork_bytes_1mb", "ratio_fork_restore_time_1mb"}),
+        "ratio_checkpoint_time_1mb", "ratio_fork_bytes_1mb", "ratio_fork_restore_time_1mb",
+        "create_us_1mb"}),
     "batch_throughput.py": (["--executions", "20", "--tune-trials", "2",
                              "--cpu-executions", "4", "--chunk-size", "5"], {
         "wtb_exec_per_s", "raw_pool_items_per_s", "ratio_vs_raw_pool", "tune_trials_per_s",
