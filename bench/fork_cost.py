@@ -142,7 +142,7 @@ def settle() -> None:
 
 def create_us(where: Path, n: int = 100) -> float:
     """Median time to create an empty file in a new directory under ``where``, in
-    microseconds: most of what a copy of many files costs on this disk, and it varied here
+    microseconds: a large part of what a copy of many files costs, and it varied here
     from ~10 to ~400 us between directories of one ext4 file system and from minute to
     minute, taking `cp -r` (and so every ratio) with it."""
     probe = where / "create-probe"

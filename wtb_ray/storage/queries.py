@@ -138,8 +138,8 @@ def checkpoint_with_state(conn: Connection, execution_id: str, checkpoint_id: in
                           ) -> tuple[Execution, Checkpoint | None, State | None]:
     """An execution, its checkpoint ``checkpoint_id`` (its head if None; None if it has
     none) and the state there (None if that checkpoint is another execution's), in one
-    transaction: what a fork starts from, read in one snapshot and one round trip instead
-    of three."""
+    transaction: what a fork starts from, read from one snapshot in one transaction
+    instead of three."""
     ex = execution(conn, execution_id)
     cid = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
     if cid is None:
