@@ -158,10 +158,9 @@ def create_us(where: Path, n: int = 100) -> float:
     return statistics.median(times) * 1e6
 
 
-def cp_time(src: Path, dst: Path, creates: list[float]) -> float:
+def cp_time(src: Path, dst: Path) -> float:
     if dst.exists():
         shutil.rmtree(dst)
-    creates.append(create_us(dst.parent))  # here: the checkpoint timed before is not disturbed
     settle()
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
@@ -208,13 +207,18 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
             shutil.rmtree(f.workspace["path"])
             return elapsed
 
+        def copy() -> float:
+            # Probed here, before the copy's sync: not between a write and a timed checkpoint.
+            creates.append(create_us(tmp))
+            return cp_time(ws, tmp / "copy")
+
         # Alternate who goes first: on a shared machine the second writer of 200 MB in a row
         # is often the slower one.
         if r % 2:
             forks.append(fork())
-            copies.append(cp_time(ws, tmp / "copy", creates))
+            copies.append(copy())
         else:
-            copies.append(cp_time(ws, tmp / "copy", creates))
+            copies.append(copy())
             forks.append(fork())
     bench.close()
     med = statistics.median

@@ -116,6 +116,20 @@ def state_at(conn: Connection, checkpoint_id: int) -> State:
     return state, entries, since_full
 
 
+def checkpoint_with_state(conn: Connection, execution_id: str, checkpoint_id: int | None
+                          ) -> tuple[Execution, Checkpoint | None, State | None]:
+    """An execution, its checkpoint ``checkpoint_id`` (its head if None; None if it has
+    none) and the state there (None if that checkpoint is another execution's), all read
+    in the caller's transaction: what a fork starts from (one snapshot, not three reads)
+    and, for heads, what an executor resumes."""
+    ex = execution(conn, execution_id)
+    cid = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
+    if cid is None:
+        return ex, None, None
+    ckpt = checkpoint(conn, cid)
+    return ex, ckpt, state_at(conn, cid) if ckpt.execution_id == ex.id else None
+
+
 Head = tuple[Checkpoint, State]
 
 
@@ -125,27 +139,9 @@ def heads(conn: Connection, execution_ids: list[str]) -> list[tuple[Execution, H
     transactions per cell cost it a fifth of its time."""
     found: list[tuple[Execution, Head | None]] = []
     for execution_id in execution_ids:
-        ex = execution(conn, execution_id)
-        if ex.head_checkpoint_id is None:
-            found.append((ex, None))
-            continue
-        head = checkpoint(conn, ex.head_checkpoint_id)
-        found.append((ex, (head, state_at(conn, head.id))))
+        ex, head, state = checkpoint_with_state(conn, execution_id, None)
+        found.append((ex, None if head is None or state is None else (head, state)))
     return found
-
-
-def checkpoint_with_state(conn: Connection, execution_id: str, checkpoint_id: int | None
-                          ) -> tuple[Execution, Checkpoint | None, State | None]:
-    """An execution, its checkpoint ``checkpoint_id`` (its head if None; None if it has
-    none) and the state there (None if that checkpoint is another execution's), in one
-    transaction: what a fork starts from, read from one snapshot in one transaction
-    instead of three."""
-    ex = execution(conn, execution_id)
-    cid = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
-    if cid is None:
-        return ex, None, None
-    ckpt = checkpoint(conn, cid)
-    return ex, ckpt, state_at(conn, cid) if ckpt.execution_id == ex.id else None
 
 
 def boundaries_of(conn: Connection, execution_id: str) -> list[NodeBoundary]:
