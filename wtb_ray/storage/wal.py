@@ -12,9 +12,11 @@ holds on it, SQLite's included.)
 
 SQLite rewinds the WAL only once a checkpoint has reached its end, which this thread cannot
 do while a writer never pauses (each round ends behind the commits made during it). Once a
-round finds BEHIND_FRAMES in the WAL, the next commit checkpoints inline, as SQLite itself
-would have, and reaches the end with the little left to copy: the next transaction rewinds
-the WAL. A commit also does it when the thread lags far behind, so the WAL stays bounded.
+round finds BEHIND_FRAMES in the WAL, the thread leaves the next checkpoint to the commits:
+the next one checkpoints inline, as SQLite itself would have (again at the commit after, if
+another connection held the checkpoint lock), and reaches the end with no writer of this
+process going on: the next transaction rewinds the WAL. A commit also does it when the
+thread lags far behind, so the WAL stays bounded.
 (A RESTART checkpoint on the thread would rewind it too, but would block writers for as
 long as a reader keeps an old snapshot.) The thread exits after IDLE_S without work.
 """
@@ -41,10 +43,15 @@ class WalCheckpointer:
         self.busy_timeout_ms = busy_timeout_ms
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        # Held by the thread for each of its rounds, and by a commit that checkpoints: such a
+        # commit waits for the round in progress instead of finding the checkpoint lock taken
+        # (a round that took 80 ms on a slow disk let the WAL grow by 700 pages meanwhile).
+        self._round = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._commits = 0  # since the thread last looked (approximate: no lock on the path)
         self._every = 16  # commits between wake-ups, until a checkpoint tells their size
+        self._per_commit = 0.0  # WAL frames a commit adds, as the last checkpoint found
         self._behind = False
         self.checkpoints = 0  # run by the thread so far
         self.inline = 0  # run by commits (the WAL too long, or the thread lagging)
@@ -58,13 +65,18 @@ class WalCheckpointer:
         the commit stands whatever happens to a checkpoint."""
         self._commits += 1
         if self._behind or self._commits >= LAG * self._every:
-            self._behind = False
             self._commits = 0
             try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                self.inline += 1
-            except sqlite3.Error as exc:  # a later commit tries again
+                with self._round:
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:  # the thread takes over again
                 log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+                self._behind = False
+                return
+            self.inline += 1
+            # Busy: another process is checkpointing; the next commit tries again, and until
+            # one has, this process's thread leaves the checkpoints to the commits.
+            self._behind = busy != 0
         elif self._commits >= self._every:
             self._start()
 
@@ -95,19 +107,31 @@ class WalCheckpointer:
         try:
             while self._wake.wait(IDLE_S) and not self._stopping:
                 self._wake.clear()
-                commits, self._commits = self._commits, 0
-                try:
-                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # busy, say: a later commit wakes us again
-                    log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
-                    continue
-                self.checkpoints += 1
-                if frames < 0:  # not in WAL mode (a -1 row): nothing to learn
-                    continue
-                added = frames - last if frames >= last else frames  # rewound meanwhile
-                if commits and added > 0:
-                    self._every = max(1, min(MAX_EVERY, CHECKPOINT_FRAMES * commits // added))
-                last = frames
-                self._behind = frames >= BEHIND_FRAMES
+                with self._round:
+                    last = self._checkpoint(conn, last)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection, last: int) -> int:
+        """One round: a PASSIVE checkpoint, unless the commits have taken over (the WAL was
+        found too long); the WAL's length it found (``last`` if none ran)."""
+        if self._behind:  # the next commit checkpoints (see committed)
+            return last
+        commits, self._commits = self._commits, 0
+        try:
+            busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # a later commit wakes us again
+            log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+            return last
+        self.checkpoints += 1
+        if busy or frames < 0:  # another process checkpointing, or not in WAL mode
+            return last
+        added = frames - last if frames >= last else frames  # rewound meanwhile
+        if commits and added > 0:
+            self._per_commit = added / commits
+            self._every = max(1, min(MAX_EVERY, int(CHECKPOINT_FRAMES / self._per_commit)))
+        # The WAL's length now: what the round found, plus what the commits made during it
+        # added (a round can take tens of milliseconds on a slow disk).
+        if frames + self._commits * self._per_commit >= BEHIND_FRAMES:
+            self._behind = True  # cleared by the commit that checkpoints
+        return frames
