@@ -64,9 +64,11 @@ def test_a_writer_that_never_pauses_keeps_the_wal_bounded(sqlite_url, monkeypatc
         for _ in range(250):  # back to back: some 20 times BEHIND_FRAMES written
             bench.run(WORKFLOW, {"count": 0})
         frames = (_sizes(sqlite_url)[1] - 32) // (8192 + 24)  # the WAL's longest
-        # Rewound once a round finds 600 frames (without the commits' own checkpoints, the
-        # WAL would hold everything written).
-        assert frames < 3 * 600, frames
+        # Rewound once a round finds 600 frames: ~800-1,400 at the longest here. Without the
+        # commits' own checkpoints the WAL would hold everything written, ~40,000 frames (16
+        # a boundary); the bound leaves room for a rewind that a reader's snapshot put off
+        # (a run on a machine busy with other work once needed 3,034).
+        assert frames < 10 * 600, frames
         assert checkpointer.inline >= 1 and checkpointer.checkpoints >= 1
         assert bench.run(WORKFLOW, {"count": 0}).step == 10  # and nothing was lost on the way
     finally:

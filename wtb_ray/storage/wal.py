@@ -73,10 +73,10 @@ class WalCheckpointer:
                 log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
                 self._behind = False
                 return
-            self.inline += 1
             # Busy: another process is checkpointing; the next commit tries again, and until
             # one has, this process's thread leaves the checkpoints to the commits.
             self._behind = busy != 0
+            self.inline += not busy
         elif self._commits >= self._every:
             self._start()
 
