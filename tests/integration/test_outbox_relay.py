@@ -201,10 +201,15 @@ def test_two_relays_on_postgres_never_deliver_one_event_at_once(create_pg_databa
             run_batch(bench, batch_spec(receiver.url, cases=40))
             total = len(outbox_rows(bench.store))
         deadline = time.time() + 120
-        while len(receiver.applied) < total:
-            assert time.time() < deadline, f"{len(receiver.applied)} of {total} delivered"
-            assert all(p.poll() is None for p in relays)
-            time.sleep(0.1)
+        store = Store.open(url)
+        try:  # every event applied and its row settled: no relay is between the two
+            while len(receiver.applied) < total or any(
+                    r["status"] != "delivered" for r in outbox_rows(store)):
+                assert time.time() < deadline, f"{len(receiver.applied)} of {total} delivered"
+                assert all(p.poll() is None for p in relays)
+                time.sleep(0.1)
+        finally:
+            store.close()
         figures = []
         for p in relays:
             p.send_signal(signal.SIGINT)
