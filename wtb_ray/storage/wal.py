@@ -123,8 +123,10 @@ class WalCheckpointer:
         except sqlite3.Error as exc:  # a later commit wakes us again
             log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
             return last
+        if busy:  # another process is checkpointing
+            return last
         self.checkpoints += 1
-        if busy or frames < 0:  # another process checkpointing, or not in WAL mode
+        if frames < 0:  # not in WAL mode (a -1 row): nothing to learn
             return last
         added = frames - last if frames >= last else frames  # rewound meanwhile
         if commits and added > 0:
