@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     workspace_max_file_bytes: int = Field(
         default=1 << 30, gt=0,
         description="A workspace file larger than this fails the node that left it.")
+    workspace_watch: bool = Field(
+        default=True,
+        description="Watch a running execution's workspace (Linux inotify) so that each "
+                    "checkpoint examines only the files changed since the last one. Turn "
+                    "off for a workspace on a network file system or written through "
+                    "shared memory maps, which send no events.")
     gc_grace_seconds: float = Field(
         default=3600.0, ge=0,
         description="`wtb gc` keeps unreachable blobs younger than this, so blobs a writer "

@@ -386,7 +386,7 @@ class Bench:
             if ws is not None:
                 # A run continues from its head's files, whatever a crashed or failed node
                 # left; only now that the lease is ours may they be touched.
-                ws.restore(head.workspace_tree)
+                ws.restore(head.workspace_tree, watch=True)
             return Run(ex, wf, state, Cursor(ex.head_checkpoint_id, head.next_node),
                        skip_break=action != "start", deadline=deadline, workspace=ws)
 

@@ -103,7 +103,7 @@ class Runner:
                 after(self.store.commit(change))
                 raise
             finally:
-                _save_index(run)
+                _leave_workspace(run)
 
     def drive_group(self, runs: list[Run]) -> list[Run]:
         """Run many executions in lockstep, one transaction per round of boundaries.
@@ -124,7 +124,7 @@ class Runner:
                         still.append(run)
                 active = still
         for run in runs:
-            _save_index(run)
+            _leave_workspace(run)
         return runs
 
     # -- one step: the change to commit, and what to do once it is committed ------------
@@ -310,12 +310,13 @@ def _undo_rows(undo: list[dict[str, Any]], cursor: Cursor, node: str,
             for u in undo]
 
 
-def _save_index(run: Run) -> None:
-    """Keep the workspace's stat index for the next resume or fork (written when a drive
-    ends and every few seconds of a long one, not at every checkpoint: it is a cache, and
-    losing it only costs a re-read)."""
+def _leave_workspace(run: Run) -> None:
+    """Stop watching the workspace, and keep its stat index for the next resume or fork
+    (written when a drive ends and every few seconds of a long one, not at every
+    checkpoint: it is a cache, and losing it only costs a re-read)."""
     if run.workspace is None:
         return
+    run.workspace.close()
     try:
         run.workspace.save_index()
     except OSError as exc:

@@ -118,7 +118,7 @@ def open_for(store: Any, settings: Settings, ex: Execution) -> Workspace | None:
     if not ex.workspace:
         return None
     return Workspace(ex.workspace["path"], store, ex.workspace.get("ignore") or [],
-                     settings.workspace_max_file_bytes)
+                     settings.workspace_max_file_bytes, watch=settings.workspace_watch)
 
 
 def remove_managed(settings: Settings, execution_id: str) -> str | None:

@@ -21,6 +21,7 @@ from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
 from wtb_ray.workspace.snapshot import DirKeys, Snapshot, Trees, Uploader
 from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
+from wtb_ray.workspace.watch import Watch
 
 # A run's checkpoints save the stat index at most this often (it is also saved when the run
 # stops): a process killed mid-run then re-reads only what changed in its last seconds.
@@ -32,10 +33,13 @@ class Workspace:
 
     ``known`` holds the blobs this object has seen stored (uploaded, or reached by a tree it
     restored): only those are skipped without asking the store.
+
+    With ``watch``, a run's checkpoints watch the directory (workspace/watch.py) and examine
+    only what changed since the last one; ``close()`` stops watching.
     """
 
     def __init__(self, path: str | Path, store: Any, ignore: list[str] | None = None,
-                 max_file_bytes: int = 1 << 30) -> None:
+                 max_file_bytes: int = 1 << 30, watch: bool = False) -> None:
         self.path = Path(path)
         self.store = store
         self.rules = IgnoreRules(ignore or [])
@@ -47,6 +51,10 @@ class Workspace:
         self._dir_keys: DirKeys = {}  # and which of them need not be listed again
         self._index_saved_at = time.monotonic()
         self.last_files_read = 0
+        self.last_examined = 0  # paths the last snapshot stat-ed
+        self.watching = watch
+        self._watch: Watch | None = None
+        self._linked: set[str] = set()  # files with more than one link (see watch.py)
 
     @property
     def index(self) -> StatIndex:
@@ -65,7 +73,11 @@ class Workspace:
         """Record the directory for a checkpoint: (root tree, new blobs small enough to be
         written in the checkpoint's own transaction). Larger uploads are done already. The
         stat index is saved every INDEX_SAVE_S, not at each checkpoint (a cache: losing it
-        costs a re-read), and by ``save_index``."""
+        costs a re-read), and by ``save_index``. Starts watching the directory if asked to:
+        the checkpoints after this one examine only what changed."""
+        if self.watching and (self._watch is None or self._watch.broken):
+            self.close()
+            self._watch = Watch.start(self.rules.ignored)
         with collector.paused:
             result = self._snapshot(inline=True)
             if time.monotonic() - self._index_saved_at >= INDEX_SAVE_S:
@@ -73,14 +85,27 @@ class Workspace:
         return result
 
     def _snapshot(self, inline: bool) -> tuple[str, list[tuple[str, str, int, bytes]]]:
-        with self._naming_the_file("cannot be recorded"):
-            if not self.path.is_dir():  # a failed mkdir costs more than a stat
-                self.path.mkdir(parents=True, exist_ok=True)
-            snap = Snapshot(str(self.path), self.rules, self.index,
-                            Uploader(self.store, self.known), self.max_file_bytes, self._trees,
-                            self.reader.cache, self._dir_keys)
-            result = snap.run(inline)
+        watch = self._watch
+        dirty = watch.changes() if watch is not None else None
+        if dirty is not None:
+            dirty |= self._linked
+        try:
+            with self._naming_the_file("cannot be recorded"):
+                if not self.path.is_dir():  # a failed mkdir costs more than a stat
+                    self.path.mkdir(parents=True, exist_ok=True)
+                snap = Snapshot(str(self.path), self.rules, self.index,
+                                Uploader(self.store, self.known), self.max_file_bytes,
+                                self._trees, self.reader.cache, self._dir_keys, watch, dirty)
+                result = snap.run(inline)
+        except BaseException:
+            if watch is not None:  # the events it read are spent: examine everything next
+                watch.give_up("a snapshot failed")
+            raise
+        if watch is not None and not watch.broken:
+            watch.ready = True
+        self._linked = snap.linked
         self.last_files_read = snap.files_read
+        self.last_examined = snap.examined
         return result
 
     @contextmanager
@@ -98,29 +123,50 @@ class Workspace:
         ``rename``). The stat index stays valid: a rename keeps every file's inode and
         times."""
         path = Path(path)
+        self.close()  # its watches would name the old paths
         if rename and self.path.exists():
             os.rename(self.path, path)
         self.path = path
         if self._index is not None:
             self._index.dir = path / RESERVED
 
+    def close(self) -> None:
+        """Stop watching the directory (a later checkpoint examines every file again)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
     def save_index(self) -> None:
         if self._index is not None:
             self._index.save()
         self._index_saved_at = time.monotonic()
 
-    def restore(self, root_tree: str | None, sources: list[str] | None = None) -> None:
+    def restore(self, root_tree: str | None, sources: list[str] | None = None,
+                watch: bool = False) -> None:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
         ``sources``: directories (another execution's workspace) to copy unchanged files
-        from, where their stat index vouches for them, instead of the store."""
-        with collector.paused, self._naming_the_file("cannot be restored"):
-            job = Restore(str(self.path), self.rules, self.index, self.reader, self.store,
-                          sources)
-            job.run(root_tree or EMPTY_TREE)
-            if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
-                self.known.update(job.reached)
-            self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
-            self._dir_keys = job.dir_keys  # and lists only those the restore changed
+        from, where their stat index vouches for them, instead of the store. ``watch``
+        (before a run, if the object watches): watch every directory from before the
+        restore looks into it, so that the run's first checkpoint examines only what
+        changed since."""
+        self.close()
+        if watch and self.watching:
+            self._watch = Watch.start(self.rules.ignored)
+        try:
+            with collector.paused, self._naming_the_file("cannot be restored"):
+                job = Restore(str(self.path), self.rules, self.index, self.reader, self.store,
+                              sources, self._watch)
+                job.run(root_tree or EMPTY_TREE)
+        except BaseException:
+            self.close()
+            raise
+        if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
+            self.known.update(job.reached)
+        self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
+        self._dir_keys = job.dir_keys  # and lists only those the restore changed
+        self._linked = job.linked
+        if self._watch is not None and not self._watch.broken:
+            self._watch.ready = True
 
 
 __all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]

@@ -33,6 +33,7 @@ from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import files, tree
 from wtb_ray.workspace.ignore import IgnoreRules
 from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
+from wtb_ray.workspace.watch import Watch
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
 WORKERS = 4
@@ -67,8 +68,9 @@ def _workers() -> ThreadPoolExecutor:
 
 class Restore:
     def __init__(self, root: str, rules: IgnoreRules, index: StatIndex, reader: tree.TreeReader,
-                 store: Any, sources: list[str] | None = None) -> None:
+                 store: Any, sources: list[str] | None = None, watch: Watch | None = None) -> None:
         self.root = root
+        self.watch = watch  # each directory is watched before it is listed or made
         self.sources = [(src, StatIndex.load(Path(src))) for src in sources or []
                         if os.path.isdir(src)]
         self.rules = rules
@@ -86,7 +88,9 @@ class Restore:
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
-        self.new_dirs: list[str] = []  # directories the tree has and the disk lacks, parents first
+        # Directories the tree has and the disk lacks, parents first: (path, prefix).
+        self.new_dirs: list[tuple[str, str]] = []
+        self.linked: set[str] = set()  # files left as they were that have other links
         self.removed = 0
         # What the restored directory now holds: each directory's (entries, tree hash), as a
         # snapshot memoises them, and every blob the tree reaches.
@@ -126,6 +130,8 @@ class Restore:
         self.trees[prefix] = (entries, tree_hash)
         self.reached.add(tree_hash)
         present: dict[str, os.DirEntry[str]] = {}
+        if self.watch is not None and not new:
+            self.watch.add(path, prefix)
         key = None if new else dir_key(os.lstat(path), self.clock_before)  # before listing
         changed = False  # whether this directory's names change here
         if not new:
@@ -150,7 +156,7 @@ class Restore:
                     os.unlink(target)
                     st = None
                 if st is None:
-                    self.new_dirs.append(target)
+                    self.new_dirs.append((target, rel + "/"))
                     changed = True
                 self._sync(target, rel + "/", entry[1], new=st is None)
                 continue
@@ -166,6 +172,8 @@ class Restore:
                 continue
             self.reached.update(entry[3])
             if st is not None and stat.S_ISREG(st.st_mode) and self._same(target, rel, st, entry):
+                if st.st_nlink > 1:
+                    self.linked.add(rel)
                 if stat.S_IMODE(st.st_mode) != entry[1]:
                     os.chmod(target, entry[1])
                     self.touched.append((target, rel, entry[3]))
@@ -231,9 +239,11 @@ class Restore:
         store (fetched here, written on the pool's threads; copies, decompression and writes
         release the GIL); then this thread copies too, until the queue is empty. Last, what
         a copy found changed comes from the store too."""
-        for path in self.new_dirs:
+        for path, prefix in self.new_dirs:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path)
+            if self.watch is not None:
+                self.watch.add(path, prefix)
         pool = _workers()
         queue, lanes = _batches(self.local)
         self.copying = [pool.submit(self._copy_lane, queue) for _ in range(lanes - 1)]

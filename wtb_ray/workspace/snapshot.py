@@ -19,6 +19,7 @@ from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import tree
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
+from wtb_ray.workspace.watch import Watch, dirty_dirs
 
 UPLOAD_BYTES = 16 << 20
 # New blobs up to this size (and count) ride in the checkpoint's own transaction instead of
@@ -94,7 +95,8 @@ class Snapshot:
 
     def __init__(self, root: str, rules: IgnoreRules, index: StatIndex, uploader: Uploader,
                  max_file_bytes: int, trees: Trees | None = None,
-                 cache: tree.TreeCache | None = None, dir_keys: DirKeys | None = None) -> None:
+                 cache: tree.TreeCache | None = None, dir_keys: DirKeys | None = None,
+                 watch: Watch | None = None, dirty: set[str] | None = None) -> None:
         self.root = root
         self.cache = cache  # the store's decoded trees: each one encoded here goes in
         self.rules = rules
@@ -104,6 +106,7 @@ class Snapshot:
         self.fresh: dict[str, Any] = {}
         self.quick: dict[str, list[list[str]]] = {}  # fingerprints of every file seen
         self.files_read = 0
+        self.examined = 0  # paths stat-ed (all of them without a watch)
         # The last snapshot's directories: one whose entries are all the same again keeps its
         # hash without being encoded and hashed again. Replaced, not merged: a removed
         # directory drops out.
@@ -116,6 +119,13 @@ class Snapshot:
         self.last_dir_keys = dir_keys if dir_keys is not None else {}
         self.dir_keys: DirKeys = {}
         self._buf = memoryview(bytearray(tree.CHUNK_SIZE))  # reused: no allocation per read
+        # With a watch (workspace/watch.py): each directory walked is watched before it is
+        # listed, and ``dirty`` (when the watch vouches for the rest) holds the paths that
+        # must be examined; a directory with none of them under it is kept as it was.
+        self.watch = watch
+        self.dirty = dirty
+        self.dirty_dirs = dirty_dirs(dirty) if dirty is not None else set()
+        self.linked: set[str] = set()  # files with more than one link: always examined
 
     def run(self, inline: bool = False) -> tuple[str, list[tuple[str, str, int, bytes]]]:
         """(root tree, blobs the caller must write with the checkpoint). Without ``inline``
@@ -137,31 +147,56 @@ class Snapshot:
         # rules asked about files only if there are any, and the last snapshot's entry kept
         # (not rebuilt) for a file that is the same again, so that comparing this directory
         # with the last snapshot's mostly compares an object with itself.
+        stored = self.uploader.known
+        last = self.last_trees.get(prefix)
+        dirty = self.dirty
+        if (dirty is not None and last is not None and prefix not in self.dirty_dirs
+                and last[1] in stored and self._keep(prefix, last)):
+            return last[1]
+        if self.watch is not None:
+            self.watch.add(path, prefix)  # before the listing: a later change is an event
         entries: tree.Entries = {}
         ignored, index, quick = self.rules.ignored, self.index.entries, self.index.quick
         check_files = bool(self.rules.patterns)
         fresh, fresh_quick = self.fresh, self.quick
-        stored = self.uploader.known
-        last = self.last_trees.get(prefix)
         last_entries = last[0] if last is not None else {}
         lstat = os.lstat
         key = dir_key(lstat(path), self.clock)  # before the listing: a later change shows
         if key is not None:
             self.dir_keys[prefix] = key
+        items: list[tuple[str, os.DirEntry[str] | None]]
         if last is not None and key is not None and self.last_dir_keys.get(prefix) == key:
-            items = [(name, lstat(f"{path}/{name}")) for name in last_entries]
+            items = [(name, None) for name in last_entries]
         else:
             with os.scandir(path) as it:
-                items = [(e.name, e.stat(follow_symlinks=False)) for e in it]
-        for name, st in items:
+                items = [(e.name, e) for e in it]
+        for name, item in items:
             rel = prefix + name
+            item_path = f"{path}/{name}"
+            if dirty is not None and rel not in dirty and (was := last_entries.get(name)):
+                # The watch vouches for it: the same file, link or directory as last time.
+                if was[0] == "d":
+                    entries[name] = ["d", self._tree(item_path, rel + "/")]
+                    continue
+                if was[0] == "l" or stored.issuperset(was[3]):
+                    entries[name] = was
+                    if (known := index.get(rel)) is not None:
+                        fresh[rel] = known
+                    if (pairs := quick.get(rel)) is not None:
+                        fresh_quick[rel] = pairs
+                    continue
+            if rel == RESERVED:  # WTB's own directory, always ignored
+                continue
             if not name.isascii():
                 _check_utf8(rel)
-            item_path = f"{path}/{name}"
+            st = lstat(item_path) if item is None else item.stat(follow_symlinks=False)
+            self.examined += 1
             mode = st.st_mode
             if S_ISREG(mode):
-                if (check_files or rel == RESERVED) and ignored(rel, name, False):
+                if check_files and ignored(rel, name, False):
                     continue
+                if st.st_nlink > 1:
+                    self.linked.add(rel)
                 known = index.get(rel)
                 if (known is not None and known[0] == (st.st_size, st.st_mtime_ns,
                                                        st.st_ctime_ns, st.st_ino, mode)
@@ -197,6 +232,36 @@ class Snapshot:
                 self.cache.put(h, entries, len(data))
         self.trees[prefix] = (entries, h)
         return h
+
+    def _keep(self, prefix: str, last: tuple[tree.Entries, str]) -> bool:
+        """Take a directory under which the watch saw nothing as the last snapshot recorded
+        it, with its subdirectories and its files' index entries; False (nothing taken) if
+        the last snapshot's record of it is incomplete."""
+        dirs: list[tuple[str, tuple[tree.Entries, str]]] = []
+        files: list[str] = []
+        todo = [(prefix, last)]
+        while todo:
+            here, record = todo.pop()
+            dirs.append((here, record))
+            for name, entry in record[0].items():
+                if entry[0] == "f":
+                    files.append(here + name)
+                elif entry[0] == "d":
+                    sub = self.last_trees.get(f"{here}{name}/")
+                    if sub is None or sub[1] != entry[1]:
+                        return False
+                    todo.append((f"{here}{name}/", sub))
+        for here, record in dirs:
+            self.trees[here] = record
+            if (key := self.last_dir_keys.get(here)) is not None:
+                self.dir_keys[here] = key
+        index, quick = self.index.entries, self.index.quick
+        for rel in files:
+            if (known := index.get(rel)) is not None:
+                self.fresh[rel] = known
+            if (pairs := quick.get(rel)) is not None:
+                self.quick[rel] = pairs
+        return True
 
     def _read(self, rel: str, path: str, st: os.stat_result) -> list[str]:
         """Read a file the index does not vouch for; its chunk hashes."""
