@@ -66,8 +66,12 @@ def run_recording(bench, workspace, **kwargs):
     return ex, pictures
 
 
-def test_rollback_to_each_checkpoint_restores_the_workspace_exactly(make_bench, tmp_path):
-    bench = make_bench()
+@pytest.mark.parametrize("watch", [True, False], ids=["watched", "unwatched"])
+def test_rollback_to_each_checkpoint_restores_the_workspace_exactly(make_bench, tmp_path,
+                                                                     watch):
+    """Watched (each checkpoint examines what inotify says changed) or not (each examines
+    every file), the checkpoints hold the same files."""
+    bench = make_bench(workspace_watch=watch)
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "seed.txt").write_text("there before the run\n")

@@ -1,11 +1,11 @@
 """Which paths of a workspace may have changed since the last snapshot, from Linux's inotify.
 
 A running execution's snapshot otherwise stats every file, as git does without a file system
-monitor: about two thirds of a checkpoint after a small change in a workspace of ~100 files
-here. With a watch on every directory it walked, the next snapshot stats only the paths
-named by an event since then, and keeps every directory under which nothing happened as it
-was, without a system call (git's core.fsmonitor, Mercurial's fsmonitor, Bazel's watchfs do
-the same).
+monitor: over a third of a checkpoint after a 1% change in a workspace of ~100 files here.
+With a watch on every directory it walked, the next snapshot stats only the paths named by
+an event since then, and keeps every directory under which nothing happened as it was,
+without a system call (git's core.fsmonitor, Mercurial's fsmonitor, Bazel's watchfs do the
+same).
 
 What it may skip: a file is left unexamined only if every directory above it has been
 watched since before that file was last examined (by a snapshot or a restore), with no event
@@ -22,6 +22,7 @@ network file system (none either): set WTB_WORKSPACE_WATCH=0 for such workspaces
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 try:  # Linux only; elsewhere every snapshot examines every file
@@ -41,6 +42,13 @@ if INotify is not None:
 
 Ignored = Callable[[str, str, bool], bool]  # IgnoreRules.ignored
 
+# Watches (inotify instances) one process holds at most: the kernel's limit is per user
+# (fs.inotify.max_user_instances, 128 by default), shared with every other program the user
+# runs. An execution that finds none left runs unwatched.
+MAX_PER_PROCESS = 32
+_held = 0
+_held_lock = threading.Lock()
+
 
 class Watch:
     """One inotify instance over one workspace's directories. ``ready`` once a complete pass
@@ -49,6 +57,7 @@ class Watch:
 
     def __init__(self, ignored: Ignored) -> None:
         self.ignored = ignored
+        self.fd = None  # set before it can fail: __del__ runs on a half-made watch too
         self.fd = INotify(nonblocking=True) if INotify is not None else None
         self.wds: dict[int, str] = {}  # watch descriptor -> directory prefix ("", "a/b/")
         self.ready = False
@@ -57,14 +66,20 @@ class Watch:
     @classmethod
     def start(cls, ignored: Ignored) -> Watch | None:
         """A new watch, or None where inotify is missing or its instances are used up."""
+        global _held
         if INotify is None:
             return None
-        try:
-            return cls(ignored)
-        except OSError as exc:  # EMFILE: fs.inotify.max_user_instances reached
-            log.info("workspace watch not started (%s): every snapshot examines every file",
-                     exc)
-            return None
+        with _held_lock:
+            if _held >= MAX_PER_PROCESS:
+                return None
+            try:
+                watch = cls(ignored)
+            except OSError as exc:  # EMFILE: fs.inotify.max_user_instances reached
+                log.info("workspace watch not started (%s): every checkpoint examines every "
+                         "file", exc)
+                return None
+            _held += 1
+        return watch
 
     def add(self, path: str, prefix: str) -> None:
         """Watch the directory ``path`` (``prefix`` in the workspace) before it is listed."""
@@ -113,15 +128,21 @@ class Watch:
         return dirty
 
     def give_up(self, why: str) -> None:
+        """Vouch for nothing from now on; the kernel's watches are released at once."""
         if not self.broken:
             log.debug("workspace watch given up: %s", why)
-        self.broken = True
-        self.ready = False
+        self.close()
+
+    def __del__(self) -> None:  # a run that never started leaves its watch to the collector
+        self.close()
 
     def close(self) -> None:
+        global _held
         if self.fd is not None:
             self.fd.close()
             self.fd = None
+            with _held_lock:
+                _held -= 1
         self.broken = True
         self.ready = False
 
