@@ -21,6 +21,7 @@ network file system (none either): set WTB_WORKSPACE_WATCH=0 for such workspaces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -134,7 +135,8 @@ class Watch:
         self.close()
 
     def __del__(self) -> None:  # a run that never started leaves its watch to the collector
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, module globals may be gone
+            self.close()
 
     def close(self) -> None:
         global _held
