@@ -9,7 +9,8 @@ Each measured round takes one 1% step, one `cp -r` of the workspace and one fork
 alternating order), and ratios are medians of per-round ratios:
 
 * checkpoint: time from the node's return to its checkpoint committed (workspace snapshot,
-  upload of new chunks, boundary commit) / that round's `cp -r` time;
+  upload of new chunks, boundary commit) / that round's `cp -r` time. Each step is a resume,
+  whose restore starts watching the directory (unless WTB_WORKSPACE_WATCH=0);
 * fork bytes: growth of the database (its page count, WAL included) for a fork plus its
   first checkpoint after a 1% change of its own / bytes of the full copy;
 * fork + restore: `bench.fork(..., run=False)`, which writes the fork's workspace directory
