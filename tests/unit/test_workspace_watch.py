@@ -40,15 +40,20 @@ def check(ws: Workspace, store, root: Path) -> str:
     return tree
 
 
-def test_a_watched_run_records_what_a_full_walk_records_after_every_kind_of_change(
-        store, tmp_path):
+def watched(store, tmp_path, **kwargs) -> tuple[Path, Workspace]:
+    """A workspace of 4 directories of 5 files and a watched Workspace over it, after its
+    first checkpoint (which examines everything and starts the watch)."""
     root = tmp_path / "ws"
     make_tree(root)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    ws = Workspace(root, store, watch=True)
-    check(ws, store, root)  # the first checkpoint examines everything, and starts the watch
-    assert ws.last_examined >= 20
+    ws = Workspace(root, store, watch=True, **kwargs)
+    check(ws, store, root)
+    return root, ws
+
+
+def test_a_watched_run_records_what_a_full_walk_records_after_every_kind_of_change(
+        store, tmp_path):
+    root, ws = watched(store, tmp_path)
+    assert ws.last_examined >= 20  # the first checkpoint examines everything
 
     check(ws, store, root)
     assert ws.last_examined == 0  # nothing happened: not one file stat-ed
@@ -84,10 +89,7 @@ def test_a_watched_run_records_what_a_full_walk_records_after_every_kind_of_chan
 
 
 def test_only_the_changed_paths_are_examined(store, tmp_path):
-    root = tmp_path / "ws"
-    make_tree(root)
-    ws = Workspace(root, store, watch=True)
-    check(ws, store, root)
+    root, ws = watched(store, tmp_path)
     (root / "d2/sub/f3.txt").write_text("changed\n")
     check(ws, store, root)
     assert ws.last_examined == 1
@@ -127,10 +129,7 @@ def test_after_a_restore_for_a_run_the_first_checkpoint_examines_only_what_chang
 
 def test_a_snapshot_that_fails_loses_no_change_it_had_been_told_of(store, tmp_path):
     """The failed snapshot read the events; the next one examines everything again."""
-    root = tmp_path / "ws"
-    make_tree(root)
-    ws = Workspace(root, store, max_file_bytes=10_000, watch=True)
-    check(ws, store, root)
+    root, ws = watched(store, tmp_path, max_file_bytes=10_000)
     (root / "d1/sub/f1.txt").write_text("changed before the failure\n")
     (root / "too-big.bin").write_bytes(b"x" * 20_000)
     with pytest.raises(WorkspaceError, match=r"too-big\.bin"):
@@ -143,10 +142,7 @@ def test_a_snapshot_that_fails_loses_no_change_it_had_been_told_of(store, tmp_pa
 def test_an_overflowing_event_queue_makes_the_next_checkpoint_examine_everything(
         store, tmp_path):
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    root = tmp_path / "ws"
-    make_tree(root)
-    ws = Workspace(root, store, watch=True)
-    check(ws, store, root)
+    root, ws = watched(store, tmp_path)
     a, b = root / "d0/sub/f0.txt", root / "d1/sub/f1.txt"
     for i in range(limit // 2 + 10):  # alternating: identical events in a row are merged
         os.utime(a, ns=(i, i))
@@ -184,10 +180,7 @@ def test_without_inotify_instances_left_every_checkpoint_examines_every_file(sto
 
 
 def test_close_stops_watching(store, tmp_path):
-    root = tmp_path / "ws"
-    make_tree(root)
-    ws = Workspace(root, store, watch=True)
-    check(ws, store, root)
+    root, ws = watched(store, tmp_path)
     ws.close()
     (root / "d0/sub/f0.txt").write_text("changed while not watched\n")
     check(ws, store, root)
