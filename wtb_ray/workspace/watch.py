@@ -15,8 +15,11 @@ examined). Anything the watch cannot vouch for makes it give up, and the next sn
 examines every file again: a full event queue, a watched directory moved (the paths of the
 watches would be stale) or gone at the root, a watch limit reached, a snapshot or restore
 that failed after the events were read. Not covered, as with any inotify-based monitor:
-writes through a shared memory map (no event), and changes made by another machine to a
-network file system (none either): set WTB_WORKSPACE_WATCH=0 for such workspaces.
+writes through a shared memory map (no event), changes made by another machine to a network
+file system (none either), and a write through a hard link to a workspace file made from
+outside while the run is watched (only the other name's directory hears of it; a file that
+already had other links when last examined is examined every time): set
+WTB_WORKSPACE_WATCH=0 for such workspaces.
 """
 
 from __future__ import annotations
