@@ -62,10 +62,10 @@ class Watch:
     def __init__(self, ignored: Ignored) -> None:
         self.ignored = ignored
         self.fd = None  # set before it can fail: __del__ runs on a half-made watch too
-        self.fd = INotify(nonblocking=True) if INotify is not None else None
+        self.fd = INotify(nonblocking=True)
         self.wds: dict[int, str] = {}  # watch descriptor -> directory prefix ("", "a/b/")
         self.ready = False
-        self.broken = self.fd is None
+        self.broken = False
 
     @classmethod
     def start(cls, ignored: Ignored) -> Watch | None:
@@ -101,11 +101,8 @@ class Watch:
     def changes(self) -> set[str] | None:
         """The paths (relative, no trailing "/") events named since the last call, or None if
         the watch cannot vouch for anything (every file must be examined)."""
-        if self.broken or not self.ready:
-            self._drain()
-            return None
-        dirty = self._drain()
-        return None if self.broken else dirty
+        dirty = self._drain()  # read even when unready: what came before vouches for nothing
+        return dirty if self.ready else None  # giving up clears ``ready``
 
     def _drain(self) -> set[str]:
         dirty: set[str] = set()
