@@ -38,12 +38,16 @@ SCRIPTS = {
 
 
 @pytest.fixture(scope="module")
-def started(postgres_ready, tmp_path_factory):
-    """Every script, started; each test waits for its own."""
+def started(request, postgres_ready, tmp_path_factory):
+    """Every script this session selected (``-k``), started; each test waits for its own."""
+    selected = {item.callspec.params["script"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
     out = tmp_path_factory.mktemp("bench-scripts")
     runs = {}
     with contextlib.ExitStack() as files:
         for script, (args, _) in SCRIPTS.items():
+            if script not in selected:
+                continue
             stdout, stderr = (files.enter_context(open(out / f"{script}.{part}", "w+"))
                               for part in ("out", "err"))
             runs[script] = (subprocess.Popen(
