@@ -93,6 +93,14 @@ def make_workspace(root: Path, size: int, seed: int) -> list[Path]:
 
 
 def mutate(state, ctx):
+    """The node: one 1% change. The checkpoint's clock starts once the change's function has
+    returned, its locals freed (at 200 MB freeing its list of ~1,600 paths took ~0.6 ms)."""
+    update = change_one_percent(state, ctx)
+    _marks["node_done"] = time.perf_counter()
+    return update
+
+
+def change_one_percent(state, ctx):
     """Change ~1% of the workspace's bytes: rewrite small files, patch a large one."""
     rng = random.Random(state["n"] * 7919 + len(state.get("tag", "")))
     root = ctx.workspace
@@ -112,7 +120,6 @@ def mutate(state, ctx):
         changed += n
     (root / f"step-{state['n']}-{state.get('tag', '')}.log").write_bytes(rng.randbytes(8 << 10))
     _changed.append(changed)
-    _marks["node_done"] = time.perf_counter()
     return {"n": state["n"] + 1}
 
 
