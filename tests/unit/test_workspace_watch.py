@@ -3,6 +3,7 @@ says changed, and records exactly what a snapshot that examines every file recor
 every kind of change, including those the watch cannot see or gives up on."""
 
 import os
+import random
 import shutil
 import sys
 import time
@@ -31,12 +32,20 @@ def make_tree(root: Path) -> None:
     (root / "top.txt").write_text("top\n")
 
 
-def check(ws: Workspace, store, root: Path) -> str:
+def check(ws: Workspace, store, root: Path, restored: bool = False) -> str:
     """A run's checkpoint (its new blobs written, as the checkpoint's commit would), checked
-    against a full walk."""
+    against a full walk. ``restored``: the run has had a rollback, whose restore records no
+    fingerprints for the files it writes (the next read of each does)."""
     tree, rows = ws.snapshot_for_commit()
     store.run(blob_io.put, rows, time.time(), write=True)
     assert tree == full_walk(store, root)
+    # The stat index, updated in place, holds each file there is and nothing else: its
+    # chunks' fingerprints for every one, a stat entry for those old enough to vouch for.
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*")
+             if p.is_file() and not p.is_symlink() and p.relative_to(root).parts[0] != ".wtb"}
+    assert set(ws.index.quick) <= files and set(ws.index.entries) <= files
+    if not restored:
+        assert set(ws.index.quick) == files
     return tree
 
 
@@ -122,9 +131,33 @@ def test_after_a_restore_for_a_run_the_first_checkpoint_examines_only_what_chang
     ws.restore(tree, watch=True)
     assert full_walk(store, root) == tree
     (root / "d3/sub/f1.txt").write_text("the run's change\n")
-    check(ws, store, root)
+    check(ws, store, root, restored=True)
     # the file changed, and the one the restore rewrote (its events came after the watch)
     assert ws.last_examined == 2
+
+
+def test_a_rollback_in_a_watched_run_leaves_no_index_entry_for_what_it_removed(
+        store, tmp_path):
+    """The run's checkpoints update the stat index in place: what a restore removes (a file,
+    a directory of files) leaves it, and the checkpoints after it record what a full walk
+    does."""
+    root, ws = watched(store, tmp_path)
+    (root / "later.txt").write_text("made after the first checkpoint\n")
+    (root / "d0/sub/f0.txt").write_text("changed\n")
+    (root / "newdir/deeper").mkdir(parents=True)
+    (root / "newdir/deeper/x.txt").write_text("x\n")
+    before = Workspace(root, store).snapshot()  # what a rollback returns to
+    check(ws, store, root)
+    (root / "later2.txt").write_text("after\n")
+    (root / "newdir/deeper/y.txt").write_text("y\n")
+    check(ws, store, root)
+    assert "later2.txt" in ws.index.quick
+    ws.restore(before, watch=True)  # a rollback to a checkpoint of the run
+    assert full_walk(store, root) == before
+    check(ws, store, root, restored=True)  # no entry for later2.txt or newdir/deeper/y.txt
+    shutil.rmtree(root / "newdir")  # the run goes on: a directory of files removed
+    check(ws, store, root, restored=True)
+    assert not any(rel.startswith("newdir/") for rel in ws.index.quick)
 
 
 def test_a_snapshot_that_fails_loses_no_change_it_had_been_told_of(store, tmp_path):
@@ -185,3 +218,82 @@ def test_close_stops_watching(store, tmp_path):
     (root / "d0/sub/f0.txt").write_text("changed while not watched\n")
     check(ws, store, root)
     assert ws.last_examined >= 20
+
+
+def _paths(root: Path) -> tuple[list[Path], list[Path]]:
+    """The workspace's files (and links) and directories, WTB's own directory left out."""
+    files, dirs = [], []
+    for path in sorted(root.rglob("*")):
+        if path.relative_to(root).parts[0] == ".wtb":
+            continue
+        (dirs if path.is_dir() and not path.is_symlink() else files).append(path)
+    return files, dirs
+
+
+def _random_change(rng: random.Random, root: Path) -> None:
+    files, dirs = _paths(root)
+    where = rng.choice([root, *dirs])
+    kind = rng.choice(["new", "new", "rewrite", "append", "delete", "mkdir", "rmtree",
+                       "rename", "chmod", "file-to-dir", "dir-to-file", "link", "move-dir"])
+    name = f"n{rng.randrange(1000)}"
+    if kind == "new" or (kind != "mkdir" and not files):
+        (where / f"{name}.txt").write_text(name * rng.randint(1, 300))
+    elif kind == "rewrite":
+        target = rng.choice(files)
+        if not target.is_symlink():
+            target.write_bytes(rng.randbytes(rng.randint(0, 5000)))
+    elif kind == "append":
+        target = rng.choice(files)
+        if not target.is_symlink():
+            with open(target, "a") as f:
+                f.write("more\n")
+    elif kind == "delete":
+        rng.choice(files).unlink()
+    elif kind == "mkdir":
+        (where / name / "inner").mkdir(parents=True)
+        (where / name / "inner" / "f.txt").write_text(name)
+    elif kind == "rmtree" and dirs:
+        shutil.rmtree(rng.choice(dirs))
+    elif kind == "rename":
+        target = rng.choice(files)
+        os.rename(target, where / f"{name}.moved")
+    elif kind == "chmod":
+        target = rng.choice(files)
+        if not target.is_symlink():
+            os.chmod(target, rng.choice([0o600, 0o644, 0o755]))
+    elif kind == "file-to-dir":
+        target = rng.choice(files)
+        target.unlink()
+        target.mkdir()
+        (target / "inside.txt").write_text("inside")
+    elif kind == "dir-to-file" and dirs:
+        target = rng.choice(dirs)
+        shutil.rmtree(target)
+        target.write_text("was a directory")
+    elif kind == "link":
+        os.symlink(rng.choice(files).name, where / f"{name}.link")
+    elif kind == "move-dir" and dirs:  # the watch gives up: the next checkpoint walks all
+        target = rng.choice(dirs)
+        if not (root / f"{name}-moved").exists():
+            os.rename(target, root / f"{name}-moved")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_changes_and_rollbacks_record_what_a_full_walk_records(store, tmp_path, seed):
+    """Every kind of change, several at a time, and rollbacks to earlier checkpoints: each
+    checkpoint of the watched run (the index updated in place, only named paths examined)
+    records what a full walk does, and its index holds exactly the files there are."""
+    rng = random.Random(seed)
+    root, ws = watched(store, tmp_path)
+    trees = [check(ws, store, root)]
+    restored = False
+    for _ in range(40):
+        for _ in range(rng.randint(1, 4)):
+            _random_change(rng, root)
+        trees.append(check(ws, store, root, restored))
+        if rng.random() < 0.2:
+            target = rng.choice(trees)
+            ws.restore(target, watch=True)
+            restored = True
+            assert full_walk(store, root) == target
+            assert check(ws, store, root, restored) == target

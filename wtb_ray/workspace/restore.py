@@ -92,6 +92,10 @@ class Restore:
         self.new_dirs: list[tuple[str, str]] = []
         self.linked: set[str] = set()  # files left as they were that have other links
         self.removed = 0
+        # What it removed (files, and directories removed whole): their fingerprints leave
+        # the index.
+        self.removed_files: set[str] = set()
+        self.removed_dirs: list[str] = []
         # What the restored directory now holds: each directory's (entries, tree hash), as a
         # snapshot memoises them, and every blob the tree reaches.
         self.trees: dict[str, tuple[tree.Entries, str]] = {}
@@ -120,7 +124,12 @@ class Restore:
             entry = StatIndex.entry(st, chunks, clock)
             if entry is not None:
                 self.fresh[rel] = entry
-        self.index.replace(self.fresh)
+        quick = self.index.quick
+        if self.removed_files or self.removed_dirs:  # a watched run's snapshots keep the rest
+            gone, under = self.removed_files, tuple(self.removed_dirs)
+            quick = {rel: pairs for rel, pairs in quick.items()
+                     if rel not in gone and not rel.startswith(under)}
+        self.index.replace(self.fresh, quick)
         self.index.save()
 
     def _sync(self, path: str, prefix: str, tree_hash: str, new: bool = False) -> None:
@@ -154,6 +163,7 @@ class Restore:
             if kind == "d":
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     os.unlink(target)
+                    self.removed_files.add(rel)
                     st = None
                 if st is None:
                     self.new_dirs.append((target, rel + "/"))
@@ -165,7 +175,7 @@ class Restore:
                     continue
                 changed = True
                 if st is not None:
-                    self._clear(target, st)
+                    self._clear(target, rel, st)
                 if new:
                     os.makedirs(path, exist_ok=True)
                 os.symlink(entry[1], target)
@@ -183,7 +193,7 @@ class Restore:
                     self.fresh[rel] = (self.index.entries[rel][0], entry[3])
             else:
                 if st is not None:
-                    self._clear(target, st)
+                    self._clear(target, rel, st)
                 writes.append((target, rel, entry))
         if key is not None and not changed and not writes:
             self.dir_keys[prefix] = key
@@ -214,17 +224,20 @@ class Restore:
         self.touched.append((path, rel, entry[3]))
         return True
 
-    def _clear(self, path: str, st: os.stat_result) -> None:
+    def _clear(self, path: str, rel: str, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
+            self.removed_dirs.append(rel + "/")
         else:
             os.unlink(path)
+            self.removed_files.add(rel)
 
     def _remove(self, path: str, rel: str, is_dir: bool) -> None:
         """Remove what the tree lacks, keeping ignored paths inside a removed directory."""
         self.removed += 1
         if not is_dir:
             os.unlink(path)
+            self.removed_files.add(rel)
             return
         with os.scandir(path) as it:
             for item in list(it):

@@ -164,3 +164,19 @@ def dirty_dirs(dirty: set[str]) -> set[str]:
             end = rel.rfind("/", 0, end)
     return dirs
 
+
+def touched_names(dirty: set[str]) -> dict[str, set[str]]:
+    """Per directory prefix, the names in it a snapshot must examine for ``dirty``: each
+    path's own name, and the name of each directory on its way."""
+    names: dict[str, set[str]] = {}
+    for rel in dirty:
+        if not rel:  # the workspace directory itself: its parent is not walked
+            continue
+        start = 0
+        while True:
+            end = rel.find("/", start)
+            names.setdefault(rel[:start], set()).add(rel[start:] if end < 0 else rel[start:end])
+            if end < 0:
+                break
+            start = end + 1
+    return names
