@@ -235,7 +235,7 @@ def _random_change(rng: random.Random, root: Path) -> None:
     where = rng.choice([root, *dirs])
     kind = rng.choice(["new", "new", "rewrite", "append", "delete", "mkdir", "rmtree",
                        "rename", "chmod", "file-to-dir", "dir-to-file", "link", "move-dir"])
-    name = f"n{rng.randrange(1000)}"
+    name = f"n{rng.randrange(10**9)}"  # new each time
     if kind == "new" or (kind != "mkdir" and not files):
         (where / f"{name}.txt").write_text(name * rng.randint(1, 300))
     elif kind == "rewrite":
