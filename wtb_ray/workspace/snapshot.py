@@ -19,7 +19,7 @@ from wtb_ray.storage import blob_io, codec
 from wtb_ray.workspace import tree
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
-from wtb_ray.workspace.watch import Watch, dirty_dirs, touched_names
+from wtb_ray.workspace.watch import Watch, dirty_dirs
 
 UPLOAD_BYTES = 16 << 20
 # New blobs up to this size (and count) ride in the checkpoint's own transaction instead of
@@ -124,7 +124,7 @@ class Snapshot:
         # must be examined; a directory with none of them under it is kept as it was.
         self.watch = watch
         self.dirty = dirty
-        self.dirty_dirs = dirty_dirs(dirty) if dirty is not None else set()
+        self.dirty_dirs = dirty_dirs(dirty) if dirty is not None else {}
         self.linked: set[str] = set()  # files with more than one link: always examined
         if dirty is not None:
             # The watch names every path that changed: the index is updated in place (from a
@@ -135,7 +135,6 @@ class Snapshot:
             # 200 MB workspace (~1,600 files) here, and ~0.15 of 0.6 ms at 10 MB.
             self.fresh = dict(index.entries)
             self.quick = dict(index.quick)
-            self.touched = touched_names(dirty)
 
     def run(self, inline: bool = False) -> tuple[str, list[tuple[str, str, int, bytes]]]:
         """(root tree, blobs the caller must write with the checkpoint). Without ``inline``
@@ -233,7 +232,7 @@ class Snapshot:
         ones but for the names events were heard of, which are examined again (created,
         changed, removed, or with something changed below them)."""
         entries = dict(last[0])
-        touched = self.touched.get(prefix, ())
+        touched = self.dirty_dirs[prefix]
         for name, entry in last[0].items():  # subdirectories with nothing heard of below
             if entry[0] == "d" and name not in touched:  # (kept: see the top of ``_tree``)
                 entries[name] = ["d", self._tree(f"{path}/{name}", f"{prefix}{name}/")]

@@ -149,34 +149,19 @@ class Watch:
         self.ready = False
 
 
-def dirty_dirs(dirty: set[str]) -> set[str]:
-    """Every directory prefix ("", "a/", "a/b/") a snapshot must look into for ``dirty``:
-    the ancestors of each path, and the path itself (it may be a directory)."""
-    dirs = {""} if dirty else set()
+def dirty_dirs(dirty: set[str]) -> dict[str, set[str]]:
+    """Every directory prefix ("", "a/", "a/b/") a snapshot must look into for ``dirty``,
+    with the names in it to examine: the ancestors of each path, each with the name of the
+    next directory on its way (or of the path itself), and the path itself (it may be a
+    directory: one that had an event of its own is listed again)."""
+    dirs: dict[str, set[str]] = {"": set()} if dirty else {}
     for rel in dirty:
-        dirs.add(rel + "/")
-        end = rel.rfind("/")
-        while end > 0:
-            head = rel[:end + 1]
-            if head in dirs:
-                break
-            dirs.add(head)
-            end = rel.rfind("/", 0, end)
-    return dirs
-
-
-def touched_names(dirty: set[str]) -> dict[str, set[str]]:
-    """Per directory prefix, the names in it a snapshot must examine for ``dirty``: each
-    path's own name, and the name of each directory on its way."""
-    names: dict[str, set[str]] = {}
-    for rel in dirty:
-        if not rel:  # the workspace directory itself: its parent is not walked
+        if not rel:  # the workspace directory itself
             continue
+        dirs.setdefault(rel + "/", set())
         start = 0
-        while True:
-            end = rel.find("/", start)
-            names.setdefault(rel[:start], set()).add(rel[start:] if end < 0 else rel[start:end])
-            if end < 0:
-                break
+        while (end := rel.find("/", start)) >= 0:
+            dirs.setdefault(rel[:start], set()).add(rel[start:end])
             start = end + 1
-    return names
+        dirs.setdefault(rel[:start], set()).add(rel[start:])
+    return dirs
