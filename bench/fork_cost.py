@@ -17,8 +17,13 @@ alternating order), and ratios are medians of per-round ratios:
   from the store / that round's `cp -r` time.
 
 The copy and the fork each start after `sync` (nothing left to write back from before).
-Each round also times creating empty files where the copy goes (``create_us``): on a VM's
-disk that cost, and `cp -r` with it, can change several times over between runs.
+Nothing is deleted until every size is measured: ext4 without a journal (as on the VMs here)
+passes over each inode freed in the last minute or more (six while its table is not yet
+written back) before it reuses one, looking each one up, so every file a round deleted made
+every later file creation slower (up to ~1 ms each, against ~20 us), and `cp -r` (which
+creates a file per file) slower with it; that flattered the checkpoint ratio. Each round
+also times creating empty files where the copy goes (``create_us``): what is left of that
+effect from before the run shows there.
 
 Targets: checkpoint <= 0.1x, fork bytes <= 0.05x, fork + restore <= 1.0x. The last line is JSON.
 
@@ -148,27 +153,19 @@ def settle() -> None:
     os.sync()
 
 
-def create_us(where: Path, n: int = 100) -> float:
-    """Median time to create an empty file in a new directory under ``where``, in
-    microseconds: a large part of what a copy of many files costs, and it varied here
-    from ~10 to ~400 us between directories of one ext4 file system and from minute to
-    minute, taking `cp -r` (and so every ratio) with it."""
-    probe = where / "create-probe"
+def create_us(probe: Path, n: int = 100) -> float:
+    """Median time to create an empty file in a new directory ``probe``, in microseconds: a
+    large part of what a copy of many files costs (the files are left: see the top)."""
     probe.mkdir()
     times = []
-    try:
-        for i in range(n):
-            t0 = time.perf_counter()
-            os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            times.append(time.perf_counter() - t0)
-    finally:
-        shutil.rmtree(probe)
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
 
 def cp_time(src: Path, dst: Path) -> float:
-    if dst.exists():
-        shutil.rmtree(dst)
     settle()
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
@@ -212,13 +209,12 @@ def measure(size_mb: float, steps: int, rounds: int, tmp: Path) -> dict[str, flo
             elapsed = time.perf_counter() - t0
             bench.resume(f.id)  # the fork's first checkpoint after a 1% change of its own
             fork_bytes.append(stored() - before)
-            shutil.rmtree(f.workspace["path"])
             return elapsed
 
-        def copy() -> float:
+        def copy(r=r) -> float:
             # Probed here, before the copy's sync: not between a write and a timed checkpoint.
-            creates.append(create_us(tmp))
-            return cp_time(ws, tmp / "copy")
+            creates.append(create_us(tmp / f"create-probe-{r}"))
+            return cp_time(ws, tmp / f"copy-{r}")
 
         # Alternate who goes first: on a shared machine the second writer of 200 MB in a row
         # is often the slower one.
@@ -249,35 +245,44 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
     figures: dict[str, float] = {}
-    for size_mb in args.sizes_mb:
-        _changed.clear()
-        tmp = Path(tempfile.mkdtemp(prefix="wtb-fork-cost-"))
-        try:
-            m = measure(size_mb, args.steps, args.rounds, tmp)
-        finally:
+    made: list[Path] = []  # removed once every size is measured (see the top)
+    try:
+        for size_mb in args.sizes_mb:
+            _changed.clear()
+            made.append(tmp := Path(tempfile.mkdtemp(prefix="wtb-fork-cost-")))
+            rows, figures = measured(size_mb, measure(size_mb, args.steps, args.rounds, tmp),
+                                     rows, figures)
+    finally:
+        for tmp in made:
             shutil.rmtree(tmp, ignore_errors=True)
-        tag = f"{size_mb:g}mb"
-        rows += [
-            (f"[{tag}] workspace", f"{m['total_bytes']:,} bytes; 1% step changes "
-                                   f"{m['changed_bytes']:,.0f} bytes"),
-            (f"[{tag}] cp -r (full copy)", f"{m['copy_s'] * 1000:.1f} ms  (creating a file "
-                                           f"here: {m['create_us']:.0f} us)"),
-            (f"[{tag}] first checkpoint (all files)", f"{m['initial_s'] * 1000:.1f} ms"),
-            (f"[{tag}] checkpoint after a 1% change",
-             f"{m['checkpoint_s'] * 1000:.1f} ms  ({m['ratio_checkpoint_time']:.3f}x)"),
-            (f"[{tag}] fork + first 1% checkpoint, bytes",
-             f"{m['fork_bytes']:,.0f}  ({m['ratio_fork_bytes']:.4f}x)"),
-            (f"[{tag}] fork + workspace restore",
-             f"{m['fork_restore_s'] * 1000:.1f} ms  ({m['ratio_fork_restore_time']:.3f}x)"),
-        ]
-        for key in ("checkpoint_time", "fork_bytes", "fork_restore_time"):
-            figures[f"ratio_{key}_{tag}"] = m[f"ratio_{key}"]
-        figures[f"copy_ms_{tag}"] = m["copy_s"] * 1000
-        figures[f"checkpoint_ms_{tag}"] = m["checkpoint_s"] * 1000
-        figures[f"fork_restore_ms_{tag}"] = m["fork_restore_s"] * 1000
-        figures[f"fork_bytes_{tag}"] = m["fork_bytes"]
-        figures[f"create_us_{tag}"] = m["create_us"]
     report(rows, figures)
+
+
+def measured(size_mb: float, m: dict[str, float], rows: list[tuple[str, str]],
+             figures: dict[str, float]) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """``rows`` and ``figures`` with one size's measurements added."""
+    tag = f"{size_mb:g}mb"
+    rows += [
+        (f"[{tag}] workspace", f"{m['total_bytes']:,} bytes; 1% step changes "
+                               f"{m['changed_bytes']:,.0f} bytes"),
+        (f"[{tag}] cp -r (full copy)", f"{m['copy_s'] * 1000:.1f} ms  (creating a file "
+                                       f"here: {m['create_us']:.0f} us)"),
+        (f"[{tag}] first checkpoint (all files)", f"{m['initial_s'] * 1000:.1f} ms"),
+        (f"[{tag}] checkpoint after a 1% change",
+         f"{m['checkpoint_s'] * 1000:.1f} ms  ({m['ratio_checkpoint_time']:.3f}x)"),
+        (f"[{tag}] fork + first 1% checkpoint, bytes",
+         f"{m['fork_bytes']:,.0f}  ({m['ratio_fork_bytes']:.4f}x)"),
+        (f"[{tag}] fork + workspace restore",
+         f"{m['fork_restore_s'] * 1000:.1f} ms  ({m['ratio_fork_restore_time']:.3f}x)"),
+    ]
+    for key in ("checkpoint_time", "fork_bytes", "fork_restore_time"):
+        figures[f"ratio_{key}_{tag}"] = m[f"ratio_{key}"]
+    figures[f"copy_ms_{tag}"] = m["copy_s"] * 1000
+    figures[f"checkpoint_ms_{tag}"] = m["checkpoint_s"] * 1000
+    figures[f"fork_restore_ms_{tag}"] = m["fork_restore_s"] * 1000
+    figures[f"fork_bytes_{tag}"] = m["fork_bytes"]
+    figures[f"create_us_{tag}"] = m["create_us"]
+    return rows, figures
 
 
 if __name__ == "__main__":
