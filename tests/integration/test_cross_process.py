@@ -5,6 +5,7 @@ or PostgreSQL through PgBouncer.
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from tests import workflows
 from tests.conftest import start_pgbouncer, subprocess_env, wtb_cmd
 from wtb_ray import Status
 from wtb_ray.engine.bench import Bench
@@ -113,6 +115,27 @@ def test_a_killed_runner_resumes_from_its_last_checkpoint(durable_url, tmp_path,
     kinds = [e.kind for e in inspect_store.history(ex_id)]
     assert "execution.recovered" in kinds
     assert [b.node for b in inspect_store.boundaries(ex_id)] == ["a", "b", "c", "d"]
+
+
+def test_a_fork_reads_its_origin_across_a_pgbouncer_restart(create_pg_database, caplog):
+    """A fork reads its origin on the store's own connection, which a PgBouncer restart
+    drops: the read goes through the pool instead (retried), and the fork is made."""
+    bouncer = start_pgbouncer()
+    try:
+        bench = Bench(Store.open(bouncer.url(create_pg_database()), auto_migrate=True))
+        ex = bench.run(workflows.chain, {"total": 1})
+        bench.store.checkpoint_with_state(ex.id, None)  # the read connection is open
+        bouncer.stop()
+        time.sleep(0.5)
+        bouncer.start()
+        with caplog.at_level(logging.WARNING, logger="wtb_ray.storage.store"):
+            fork = bench.fork(ex.id, run=False, patch={"total": 2})
+        assert "connection lost while reading execution" in caplog.text  # it did drop
+        assert bench.state(fork.id) == {**bench.state(ex.id), "total": 2}
+        assert bench.store.checkpoint_with_state(ex.id, None)[2][0] == bench.state(ex.id)
+        bench.close()
+    finally:
+        bouncer.stop()
 
 
 def test_a_run_survives_a_pgbouncer_restart(create_pg_database, tmp_path):

@@ -12,7 +12,7 @@ from wtb_ray.domain.errors import NotFound
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.engine.state import TrackedState
-from wtb_ray.storage import blob_io, codec, compensation_sql
+from wtb_ray.storage import blob_io, codec, compensation_sql, queries
 from wtb_ray.storage.schema import FULL_MANIFEST_EVERY, blobs
 from wtb_ray.storage.store import Change, Store
 
@@ -340,3 +340,38 @@ def test_every_column_of_a_boundary_and_its_texts_round_trip(store):
     assert loaded.head_checkpoint_id == committed.checkpoint_id
     assert store.state_at(committed.checkpoint_id)[0]["a"] == "it's \\ \u00e9\u6f22 \U0001f600"
     assert store.history(ex.id)[-1].data == {"error": error}
+
+
+def test_the_hot_read_of_a_checkpoint_and_its_state_matches_the_pooled_read(store):
+    """``Store.checkpoint_with_state`` (raw driver connection) against the SQLAlchemy query,
+    on every checkpoint of a chain that crosses full manifests, with values stored inline
+    and as blobs; another execution's checkpoint; and ids that do not exist."""
+    ex, state = new_execution(store, {"q": "hello", "doc": "x" * 100})
+    for i in range(FULL_MANIFEST_EVERY + 3):
+        done = step(store, ex, state, {"n": i, f"text{i % 3}": f"value {i} " * 20},
+                    version=ex.version)
+        ex.head_checkpoint_id, ex.step, ex.version = done.checkpoint_id, ex.step + 1, done.version
+    other, _ = new_execution(store, {"other": "y" * 50})
+
+    def both(execution_id, checkpoint_id):
+        hot = store.checkpoint_with_state(execution_id, checkpoint_id)
+        pooled = store.run(queries.checkpoint_with_state, execution_id, checkpoint_id)
+        assert hot[0].to_dict() == pooled[0].to_dict()
+        assert hot[1] == pooled[1] and hot[2] == pooled[2]
+        return hot
+
+    for ckpt in store.checkpoints(ex.id):
+        _, got, (values, manifest, since_full) = both(ex.id, ckpt.id)
+        assert got.id == ckpt.id and values == store.state_at(ckpt.id)[0]
+        assert any(not codec.is_inline(e) for e in manifest.values())
+        assert since_full < FULL_MANIFEST_EVERY
+    head = both(ex.id, None)
+    assert head[1].id == ex.head_checkpoint_id and head[2][0]["n"] == FULL_MANIFEST_EVERY + 2
+    assert head[0].version == ex.version
+    foreign = both(ex.id, other.head_checkpoint_id)
+    assert foreign[1].execution_id == other.id and foreign[2] is None
+    with pytest.raises(NotFound, match="execution"):
+        store.checkpoint_with_state("no-such-execution", None)
+    with pytest.raises(NotFound, match="checkpoint"):
+        store.checkpoint_with_state(ex.id, 10**9)
+    assert store.checkpoint_with_state(ex.id, None)[1].id == ex.head_checkpoint_id  # still fine

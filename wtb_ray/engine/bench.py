@@ -13,7 +13,7 @@ from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceError
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition, NotFound, WorkspaceError
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
@@ -359,8 +359,10 @@ class Bench:
         recover), and what turns the committed change into a Run ready to drive.
         ``loaded``: its head checkpoint and state, if the caller read them already."""
         if loaded is None:
-            head = self.store.checkpoint(ex.head_checkpoint_id)
-            loaded = head, self.store.state_at(head.id)
+            _, head, state = self.store.checkpoint_with_state(ex.id, ex.head_checkpoint_id)
+            if head is None or state is None:  # no head: nothing to resume from
+                raise NotFound("checkpoint", f"head of {ex.id}")
+            loaded = head, state
         head, (values, manifest, since_full) = loaded
         state = TrackedState(values, manifest, since_full)
         write = None

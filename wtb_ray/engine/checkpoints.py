@@ -8,7 +8,6 @@ from typing import Any, cast
 from wtb_ray.domain.checkpoint import Checkpoint
 from wtb_ray.domain.errors import InvalidInput, NotFound
 from wtb_ray.domain.execution import Execution
-from wtb_ray.storage import queries
 from wtb_ray.storage.queries import State
 from wtb_ray.storage.store import Store
 
@@ -30,7 +29,7 @@ def with_state(store: Store, execution_id: str, ident: int | None
     """An execution, its checkpoint ``ident`` (its head if None) and the state there, read
     in one transaction; the checkpoint refused as by ``own_checkpoint``."""
     cid = None if ident is None else checkpoint_id(ident)
-    ex, ckpt, state = store.run(queries.checkpoint_with_state, execution_id, cid)
+    ex, ckpt, state = store.checkpoint_with_state(execution_id, cid)
     return ex, _owned(ex, ckpt), cast(State, state)  # read when the checkpoint is ex's
 
 

@@ -23,17 +23,19 @@ from wtb_ray.storage.schema import (
     outbox,
 )
 
-# Walk from a checkpoint to its nearest ancestor holding a full manifest.
-_CHAIN = text("""
+# Walk from a checkpoint to its nearest ancestor holding a full manifest (``{id}``: where
+# the checkpoint's id goes, in the placeholder style of whoever runs it).
+CHAIN_SQL = """
 WITH RECURSIVE chain(id, parent_id, is_full, manifest, depth) AS (
-    SELECT id, parent_id, is_full, manifest, 0 FROM checkpoints WHERE id = :id
+    SELECT id, parent_id, is_full, manifest, 0 FROM checkpoints WHERE id = {id}
     UNION ALL
     SELECT c.id, c.parent_id, c.is_full, c.manifest, chain.depth + 1
     FROM checkpoints c JOIN chain ON c.id = chain.parent_id
     WHERE NOT chain.is_full AND chain.depth < 100000
 )
 SELECT id, is_full, manifest, depth FROM chain ORDER BY depth
-""")
+"""
+_CHAIN = text(CHAIN_SQL.format(id=":id"))
 
 _BLOBS = select(blobs.c.hash, blobs.c.codec, blobs.c.data).where(
     blobs.c.hash.in_(bindparam("hashes", expanding=True)))
@@ -81,22 +83,31 @@ def checkpoints_of(conn: Connection, execution_id: str) -> list[Checkpoint]:
 
 def manifest(conn: Connection, checkpoint_id: int) -> tuple[dict[str, str], int]:
     """Full key -> entry mapping at a checkpoint, and how many deltas sit on a full one."""
-    chain = conn.execute(_CHAIN, {"id": checkpoint_id}).all()
+    return merge_chain(checkpoint_id, conn.execute(_CHAIN, {"id": checkpoint_id}).all())
+
+
+def merge_chain(checkpoint_id: int, chain: Any) -> tuple[dict[str, str], int]:
+    """``manifest`` from the rows (id, is_full, manifest, depth) ``CHAIN_SQL`` returned."""
     if not chain:
         raise NotFound("checkpoint", checkpoint_id)
-    if not chain[-1].is_full:
+    if not chain[-1][1]:
         raise StorageError(f"checkpoint {checkpoint_id}: no full manifest among its ancestors "
-                           f"(stopped at {chain[-1].id}); run the integrity checker")
+                           f"(stopped at {chain[-1][0]}); run the integrity checker")
     merged: dict[str, str] = {}
     for link in reversed(chain):  # the full manifest first, then each delta over it
-        merged.update(json.loads(link.manifest))
+        merged.update(json.loads(link[2]))
     return merged, len(chain) - 1
 
 
 def load_values(conn: Connection, hashes: list[str]) -> dict[str, Any]:
     """Decoded values by blob hash."""
-    found = {h: codec.decode(codec.unpack(c, d))
-             for h, c, d in conn.execute(_BLOBS, {"hashes": sorted(set(hashes))})}
+    return decode_values(hashes, conn.execute(_BLOBS, {"hashes": sorted(set(hashes))}))
+
+
+def decode_values(hashes: list[str], found_rows: Any) -> dict[str, Any]:
+    """Decoded values by blob hash, from (hash, codec, data) rows; all of ``hashes`` must be
+    there."""
+    found = {h: codec.decode(codec.unpack(c, d)) for h, c, d in found_rows}
     missing = set(hashes) - found.keys()
     if missing:
         raise StorageError(f"blob(s) missing from the store: {', '.join(sorted(missing))}")
@@ -109,8 +120,16 @@ State = tuple[dict[str, Any], dict[str, str], int]  # state, manifest, deltas si
 def state_at(conn: Connection, checkpoint_id: int) -> State:
     """(state, manifest, deltas since the full manifest) at a checkpoint."""
     entries, since_full = manifest(conn, checkpoint_id)
-    hashes = [e for e in entries.values() if not codec.is_inline(e)]
-    values = load_values(conn, hashes) if hashes else {}
+    hashes = stored_hashes(entries)
+    return state_from(entries, since_full, load_values(conn, hashes) if hashes else {})
+
+
+def stored_hashes(entries: dict[str, str]) -> list[str]:
+    """The blobs a manifest's values are in (the rest are inline)."""
+    return [e for e in entries.values() if not codec.is_inline(e)]
+
+
+def state_from(entries: dict[str, str], since_full: int, values: dict[str, Any]) -> State:
     state = {k: codec.inline_value(e) if codec.is_inline(e) else values[e]
              for k, e in entries.items()}
     return state, entries, since_full

@@ -26,7 +26,7 @@ from wtb_ray.domain.errors import ConcurrencyConflict, NotFound
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.latency import Latency
-from wtb_ray.storage import blob_io, change_sql, codec, db, migrate, queries, rows
+from wtb_ray.storage import blob_io, change_sql, codec, db, migrate, queries, raw_reads, rows
 from wtb_ray.storage.change import Change, CheckpointWrite, Committed
 from wtb_ray.storage.packer import Packer
 from wtb_ray.storage.schema import audit_log, executions, outbox
@@ -63,6 +63,7 @@ class Store:
         self.dialect = engine.dialect.name
         self.reconnect_seconds = reconnect_seconds
         self._sql = change_sql.ChangeSQL()  # SQLite's statements
+        self._raw_reads = raw_reads.RawReads(self.dialect)
         # The boundary write path keeps one DBAPI connection for the store's lifetime.
         self._hot: Any = None
         self._hot_lock = threading.Lock()
@@ -363,6 +364,24 @@ class Store:
 
     def executions(self, **filters: Any) -> list[Execution]:
         return self.run(queries.executions_page, **filters)
+
+    def checkpoint_with_state(self, execution_id: str, checkpoint_id: int | None
+                              ) -> tuple[Execution, Checkpoint | None, queries.State | None]:
+        """``queries.checkpoint_with_state`` on the hot connection (storage/raw_reads.py);
+        through the pool, retried, if that connection has dropped."""
+        with self._hot_lock:
+            raw = self._hot_connection()
+            try:
+                return self._raw_reads.checkpoint_with_state(raw.driver_connection,
+                                                             execution_id, checkpoint_id)
+            except Exception as exc:
+                if not self.engine.dialect.is_disconnect(exc, raw.driver_connection, None):
+                    raise
+                self._hot = None
+                raw.invalidate(exc)
+        log.warning("database connection lost while reading execution %s; retrying for up "
+                    "to %.0f s", execution_id, self.reconnect_seconds)
+        return self.run(queries.checkpoint_with_state, execution_id, checkpoint_id)
 
     def checkpoint(self, checkpoint_id: int) -> Checkpoint:
         return self.run(queries.checkpoint, checkpoint_id)
