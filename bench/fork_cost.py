@@ -54,6 +54,8 @@ from wtb_ray.engine.bench import Bench
 WORDS = ["loss", "epoch", "step", "grad", "norm", "lr", "warmup", "token", "batch", "eval",
          "accuracy", "model", "layer", "attention", "head", "query", "key", "value", "agent",
          "tool", "call", "result", "error", "retry", "plan", "thought", "answer", "prompt"]
+# Creating an empty file took 20-30 us here on a quiet file system; more means recent deletions.
+SLOW_CREATE_US = 50
 _marks: dict[str, float] = {}
 _changed: list[int] = []
 
@@ -255,7 +257,19 @@ def main() -> None:
     finally:
         for tmp in made:
             shutil.rmtree(tmp, ignore_errors=True)
-    report(rows, figures)
+    report(rows + slow_creation(figures), figures)
+
+
+def slow_creation(figures: dict[str, float]) -> list[tuple[str, str]]:
+    """A row saying so if creating a file was slow where the copies went (see the top)."""
+    slow = [key for key, us in figures.items()
+            if key.startswith("create_us_") and us > SLOW_CREATE_US]
+    if not slow:
+        return []
+    return [("note", f"creating a file took over {SLOW_CREATE_US} us ({', '.join(slow)}): "
+                     "many files were deleted here in the last minutes (see the top of this "
+                     "script), which slows cp -r and the fork and flatters the checkpoint "
+                     "ratio; run again once nothing has been deleted for 6 minutes")]
 
 
 def measured(size_mb: float, m: dict[str, float], rows: list[tuple[str, str]],
