@@ -17,13 +17,13 @@ alternating order), and ratios are medians of per-round ratios:
   from the store / that round's `cp -r` time.
 
 The copy and the fork each start after `sync` (nothing left to write back from before).
-Nothing is deleted until every size is measured: ext4 without a journal (as on the VMs here)
-passes over each inode freed in the last minute or more (six while its table is not yet
-written back) before it reuses one, looking each one up, so every file a round deleted made
-every later file creation slower (up to ~1 ms each, against ~20 us), and `cp -r` (which
-creates a file per file) slower with it; that flattered the checkpoint ratio. Each round
-also times creating empty files where the copy goes (``create_us``): what is left of that
-effect from before the run shows there.
+Nothing is deleted until every size is measured (~3.5 GB at the default sizes): ext4
+without a journal (as on the VMs here) passes over each inode freed in the last minute or
+more (six while its table is not yet written back) before it reuses one, looking each one
+up, so every file a round deleted made every later file creation slower (up to ~1 ms each,
+against ~20 us), and `cp -r` (which creates a file per file) slower with it; that flattered
+the checkpoint ratio. Each round also times creating empty files where the copy goes
+(``create_us``): what is left of that effect from before the run shows there.
 
 Targets: checkpoint <= 0.1x, fork bytes <= 0.05x, fork + restore <= 1.0x. The last line is JSON.
 
@@ -252,8 +252,10 @@ def main() -> None:
         for size_mb in args.sizes_mb:
             _changed.clear()
             made.append(tmp := Path(tempfile.mkdtemp(prefix="wtb-fork-cost-")))
-            rows, figures = measured(size_mb, measure(size_mb, args.steps, args.rounds, tmp),
-                                     rows, figures)
+            size_rows, size_figures = measured(size_mb, measure(size_mb, args.steps,
+                                                                args.rounds, tmp))
+            rows += size_rows
+            figures.update(size_figures)
     finally:
         for tmp in made:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -272,11 +274,12 @@ def slow_creation(figures: dict[str, float]) -> list[tuple[str, str]]:
                      "ratio; run again once nothing has been deleted for 6 minutes")]
 
 
-def measured(size_mb: float, m: dict[str, float], rows: list[tuple[str, str]],
-             figures: dict[str, float]) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    """``rows`` and ``figures`` with one size's measurements added."""
+def measured(size_mb: float, m: dict[str, float]
+             ) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """One size's rows to print and figures to report."""
     tag = f"{size_mb:g}mb"
-    rows += [
+    figures: dict[str, float] = {}
+    rows = [
         (f"[{tag}] workspace", f"{m['total_bytes']:,} bytes; 1% step changes "
                                f"{m['changed_bytes']:,.0f} bytes"),
         (f"[{tag}] cp -r (full copy)", f"{m['copy_s'] * 1000:.1f} ms  (creating a file "
