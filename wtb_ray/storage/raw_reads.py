@@ -1,5 +1,6 @@
-"""What every fork starts with (an execution, one of its checkpoints and the state there),
-read on the store's own driver connection instead of through SQLAlchemy's execution layer.
+"""What every fork and resume starts with (an execution, one of its checkpoints and the
+state there), read on the store's own driver connection instead of through SQLAlchemy's
+execution layer.
 
 The same four queries took ~1 ms there in a fork of a 10 MB workspace (its code cold after
 the fork's file copies), about 8% of the fork; a few tenths of that here. The results are
