@@ -40,7 +40,7 @@ class _FenceFailed(Exception):
 
 
 class _Disconnected(Exception):
-    """The hot connection dropped mid-transaction; the commit is retried on a new one."""
+    """The hot connection dropped mid-transaction; the work is retried on another one."""
 
 
 def _with_checkpoint(events: list[Event], checkpoint_id: int | None) -> list[Event]:
@@ -164,20 +164,11 @@ class Store:
 
     def _commit_batch(self, changes: list[Change]) -> list[Committed | ConcurrencyConflict]:
         started = time.perf_counter()
-        with self._hot_lock:
-            raw = self._hot_connection()
-            dbapi = raw.driver_connection
-            try:
-                if self.dialect == "postgresql":
-                    outcomes = self._commit_postgres(dbapi, changes)
-                else:
-                    outcomes = self._commit_sqlite(dbapi, changes)
-            except BaseException as exc:
-                if self.engine.dialect.is_disconnect(exc, dbapi, None):
-                    self._hot = None
-                    raw.invalidate(exc)
-                    raise _Disconnected(str(exc)) from exc
-                raise
+        with self._on_hot() as dbapi:
+            if self.dialect == "postgresql":
+                outcomes = self._commit_postgres(dbapi, changes)
+            else:
+                outcomes = self._commit_sqlite(dbapi, changes)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for _ in changes:  # each change waited for the whole transaction
             self.write_latency.observe(elapsed_ms)
@@ -190,6 +181,22 @@ class Store:
             f"execution {change.execution_id} changed under this process (now "
             f"{current.status.value}, version {current.version}, lease "
             f"{current.lease_owner or 'free'})")
+
+    @contextmanager
+    def _on_hot(self) -> Iterator[Any]:
+        """The hot connection's DB-API connection, this thread's alone meanwhile; if it turns
+        out to have dropped, it is let go (the next use opens another) and _Disconnected
+        raised."""
+        with self._hot_lock:
+            raw = self._hot_connection()
+            try:
+                yield raw.driver_connection
+            except BaseException as exc:
+                if self.engine.dialect.is_disconnect(exc, raw.driver_connection, None):
+                    self._hot = None
+                    raw.invalidate(exc)
+                    raise _Disconnected(str(exc)) from exc
+                raise
 
     def _hot_connection(self) -> Any:
         if self._hot is None:
@@ -369,18 +376,12 @@ class Store:
                               ) -> tuple[Execution, Checkpoint | None, queries.State | None]:
         """``queries.checkpoint_with_state`` on the hot connection (storage/raw_reads.py);
         through the pool, retried, if that connection has dropped."""
-        with self._hot_lock:
-            raw = self._hot_connection()
-            try:
-                return self._raw_reads.checkpoint_with_state(raw.driver_connection,
-                                                             execution_id, checkpoint_id)
-            except Exception as exc:
-                if not self.engine.dialect.is_disconnect(exc, raw.driver_connection, None):
-                    raise
-                self._hot = None
-                raw.invalidate(exc)
-        log.warning("database connection lost while reading execution %s; retrying for up "
-                    "to %.0f s", execution_id, self.reconnect_seconds)
+        try:
+            with self._on_hot() as dbapi:
+                return self._raw_reads.checkpoint_with_state(dbapi, execution_id, checkpoint_id)
+        except _Disconnected:
+            log.warning("database connection lost while reading execution %s; retrying for "
+                        "up to %.0f s", execution_id, self.reconnect_seconds)
         return self.run(queries.checkpoint_with_state, execution_id, checkpoint_id)
 
     def checkpoint(self, checkpoint_id: int) -> Checkpoint:
