@@ -3,8 +3,11 @@ WAL stays bounded even under a writer that never pauses."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import text
 
 import wtb_ray.storage.wal as wal
@@ -84,3 +87,53 @@ def test_closing_the_store_ends_the_thread(sqlite_url, monkeypatch):
     _wait(lambda: checkpointer.running)
     bench.close()
     assert not checkpointer.running
+
+
+def _wal_frames(conn):
+    """Frames in the WAL (and copies them all to the database file, so that the next write
+    transaction rewinds the WAL if it may)."""
+    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_a_commit_that_lands_during_a_round_does_not_keep_the_wal_growing(
+        tmp_path, monkeypatch, catch_up):
+    """A commit under way while the thread copies the WAL lands after the round, having
+    started to read before the WAL was all copied: it cannot rewind the WAL, and neither can
+    the commits after it until another round. The thread's catch-up round copies what it
+    wrote, so the next commit rewinds the WAL (without one, it goes on growing)."""
+    path = tmp_path / "wal.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA page_size=8192")
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(20):
+        writer.execute("INSERT INTO t VALUES (randomblob(20000))")  # 3 pages each
+
+    writer.execute("BEGIN IMMEDIATE")  # a commit under way when the round starts
+    writer.execute("INSERT INTO t VALUES (randomblob(20000))")
+
+    def land(seconds):  # the thread waits for such a commit: it lands meanwhile
+        assert seconds == wal.SETTLE_S
+        if writer.in_transaction:
+            writer.execute("COMMIT")
+
+    monkeypatch.setattr(wal, "time", SimpleNamespace(sleep=land))
+    if not catch_up:
+        monkeypatch.setattr(wal, "CATCH_UP_ROUNDS", 0)
+    thread_conn = sqlite3.connect(path, isolation_level=None)
+    checkpointer = wal.WalCheckpointer(path, busy_timeout_ms=5000)
+    found = checkpointer._checkpoint(thread_conn, 0)
+    if writer.in_transaction:  # no catch-up: it lands after the round
+        writer.execute("COMMIT")
+    assert found > 60 and checkpointer.checkpoints == 1
+
+    writer.execute("INSERT INTO t VALUES (randomblob(20000))")  # the next commit
+    frames = _wal_frames(thread_conn)
+    if catch_up:
+        assert frames <= 4  # rewound: only the last commit's pages are in the WAL
+    else:
+        assert frames > found  # not rewound: the WAL grew past where the round left it
+    writer.close()
+    thread_conn.close()
