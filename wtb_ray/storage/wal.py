@@ -46,8 +46,8 @@ BEHIND_FRAMES = 2000  # a WAL this long is checkpointed by the next commit itsel
 MAX_EVERY = 256  # commits between wake-ups at most (small commits)
 LAG = 4  # a commit checkpoints itself when the thread is this many wake-ups behind
 IDLE_S = 30.0
-SETTLE_S = 0.005
-CATCH_UP_ROUNDS = 3  # more rounds, at once, to reach the WAL's end (see the top)
+SETTLE_S = 0.005  # after a round: a commit under way by then has landed (see the top)
+CATCH_UP_ROUNDS = 3  # rounds after a round, until one finds nothing new
 
 
 class WalCheckpointer:
