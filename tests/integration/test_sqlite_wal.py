@@ -1,5 +1,6 @@
-"""SQLite WAL checkpoints run on the store's checkpointer thread, not inside commits, and the
-WAL stays bounded even under a writer that never pauses."""
+"""SQLite WAL checkpoints run on the store's checkpointer thread, not inside commits; the WAL
+stays bounded even under a writer that never pauses, and is rewound after a round even when
+a commit lands while the round runs."""
 
 from __future__ import annotations
 
