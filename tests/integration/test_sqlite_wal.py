@@ -138,3 +138,19 @@ def test_a_commit_that_lands_during_a_round_does_not_keep_the_wal_growing(
         assert frames > found  # not rewound: the WAL grew past where the round left it
     writer.close()
     thread_conn.close()
+
+
+def test_a_catch_up_round_that_fails_leaves_the_round_before_standing(tmp_path, monkeypatch):
+    path = tmp_path / "wal.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    writer.execute("INSERT INTO t VALUES (randomblob(20000))")
+    thread_conn = sqlite3.connect(path, isolation_level=None)
+    # The thread's connection is closed while it waits: its catch-up round raises.
+    monkeypatch.setattr(wal, "time", SimpleNamespace(sleep=lambda _: thread_conn.close()))
+    checkpointer = wal.WalCheckpointer(path, busy_timeout_ms=5000)
+    found = checkpointer._checkpoint(thread_conn, 0)
+    assert found > 0 and checkpointer.checkpoints == 1  # the first round counted, learnt from
+    writer.close()

@@ -128,12 +128,17 @@ class WalCheckpointer:
     @staticmethod
     def _catch_up(conn: sqlite3.Connection, busy: int, frames: int, done: int) -> None:
         """Rounds after a round that found ``frames`` and copied ``done`` of them, until one
-        finds no frame added since the last and copies them all (see the top)."""
+        finds no frame added since the last and copies them all (see the top). An error
+        ends them: the round before stands."""
         for _ in range(CATCH_UP_ROUNDS):
             if busy or done < 0:  # another process checkpoints, or not in WAL mode
                 return
             time.sleep(SETTLE_S)
-            busy, now, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:
+                busy, now, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                log.debug("WAL catch-up checkpoint failed: %s", exc)
+                return
             if now <= frames and done == now:  # nothing new (or rewound), all copied
                 return
             frames = now
@@ -146,10 +151,10 @@ class WalCheckpointer:
         commits, self._commits = self._commits, 0
         try:
             busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._catch_up(conn, busy, frames, done)
         except sqlite3.Error as exc:  # a later commit wakes us again
             log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
             return last
+        self._catch_up(conn, busy, frames, done)
         if busy:  # another process is checkpointing
             return last
         self.checkpoints += 1
