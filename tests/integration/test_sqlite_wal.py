@@ -90,6 +90,19 @@ def test_closing_the_store_ends_the_thread(sqlite_url, monkeypatch):
     assert not checkpointer.running
 
 
+def _wal_db(path, rows):
+    """A database in WAL mode, SQLite's own checkpoints off, with ``rows`` rows of 3 pages
+    each (8 KiB pages) written: its writer connection."""
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA page_size=8192")
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(rows):
+        writer.execute("INSERT INTO t VALUES (randomblob(20000))")
+    return writer
+
+
 def _wal_frames(conn):
     """Frames in the WAL (and copies them all to the database file, so that the next write
     transaction rewinds the WAL if it may)."""
@@ -104,14 +117,7 @@ def test_a_commit_that_lands_during_a_round_does_not_keep_the_wal_growing(
     the commits after it until another round. The thread's catch-up round copies what it
     wrote, so the next commit rewinds the WAL (without one, it goes on growing)."""
     path = tmp_path / "wal.db"
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA page_size=8192")
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    writer.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(20):
-        writer.execute("INSERT INTO t VALUES (randomblob(20000))")  # 3 pages each
-
+    writer = _wal_db(path, rows=20)
     writer.execute("BEGIN IMMEDIATE")  # a commit under way when the round starts
     writer.execute("INSERT INTO t VALUES (randomblob(20000))")
 
@@ -142,11 +148,7 @@ def test_a_commit_that_lands_during_a_round_does_not_keep_the_wal_growing(
 
 def test_a_catch_up_round_that_fails_leaves_the_round_before_standing(tmp_path, monkeypatch):
     path = tmp_path / "wal.db"
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    writer.execute("CREATE TABLE t (x BLOB)")
-    writer.execute("INSERT INTO t VALUES (randomblob(20000))")
+    writer = _wal_db(path, rows=1)
     thread_conn = sqlite3.connect(path, isolation_level=None)
     # The thread's connection is closed while it waits: its catch-up round raises.
     monkeypatch.setattr(wal, "time", SimpleNamespace(sleep=lambda _: thread_conn.close()))
