@@ -36,6 +36,11 @@ def execution(console: Console, ex: Execution, state: dict[str, Any] | None = No
     if ex.parent_execution_id:
         console.print(f"  forked from {ex.parent_execution_id} at checkpoint "
                       f"{ex.forked_from_checkpoint_id}")
+    if ex.workspace:
+        ignore = ex.workspace.get("ignore") or []
+        console.print(f"  workspace {ex.workspace['path']}"
+                      + (f" (ignoring {', '.join(ignore)})" if ignore else ""),
+                      markup=False, highlight=False)
     if ex.control:
         console.print(f"  [yellow]{ex.control} requested[/]: honoured at the next node boundary")
     if ex.error:

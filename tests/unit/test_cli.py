@@ -183,6 +183,13 @@ def test_files_and_diff_of_a_workspace_run(cli, tmp_path):
     assert [a["path"] for a in diff["files"]["added"]] == ["new.txt"]
     human = cli("diff", str(after_create), str(after_modify))
     assert "~ file notes.txt" in human.stdout and "+line 3" in human.stdout
+    lines = human.stdout.splitlines()
+    assert ("~ file data/big.bin  (content: 2500000 -> 2500000 bytes, no text diff "
+            "(binary or too large))") in lines
+    assert "~ file data/small.json  (mode 0o644 -> 0o600)" in lines
+    assert "~ file latest  (target notes.txt -> data/small.json)" in lines
+    assert "+ state modified = true" in lines
+    assert f"  workspace {ws} (ignoring *.log)" in cli("show", run["id"]).stdout.splitlines()
     assert "data/big.bin" in cli("files", run["id"], "--at", str(after_create)).stdout
 
 
@@ -196,6 +203,20 @@ def test_diff_shows_a_unified_diff_of_text_state_values(cli):
     diff = as_json(cli("diff", str(patch["parent_id"]), str(patch["id"]), "--json"))
     change = diff["state"]["changed"]["text"]
     assert change["a"] == "one\ntwo\n" and "-two\n+three\n" in change["diff"]
+
+
+def test_diff_prints_a_changed_number_on_one_line_and_cuts_long_values(cli):
+    first = as_json(cli("run", REF, "--input", '{"n": 1, "long": 0}', "--break-after", "a",
+                        "--json"))["execution"]
+    patched = as_json(cli("resume", first["id"], "--patch",
+                          json.dumps({"n": 2, "long": ["x" * 50] * 10}), "--json"))["execution"]
+    patch = next(c for c in as_json(cli("checkpoints", patched["id"], "--json"))["checkpoints"]
+                 if c["kind"] == "patch")
+    lines = cli("diff", str(patch["parent_id"]), str(patch["id"])).stdout.splitlines()
+    assert "~ state n: 1 -> 2" in lines
+    at = lines.index("~ state long")  # too long for one line: the values below it, cut
+    assert lines[at + 1] == "  0" and lines[at + 2].startswith('  -> ["xxx')
+    assert lines[at + 2].endswith("...") and len(lines[at + 2]) == len("  -> ") + 200
 
 
 def test_the_installed_command_imports_workflows_from_the_directory_it_runs_in(tmp_path):

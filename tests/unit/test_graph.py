@@ -29,6 +29,8 @@ def test_valid_workflow_describes_itself():
 @pytest.mark.parametrize("overrides, message", [
     ({"edges": {"a": "nope", "b": END}}, "edge 'a' -> 'nope' points to an unknown node"),
     ({"edges": {"a": "b", "b": END, "ghost": END}}, "edge from unknown node 'ghost'"),
+    ({"edges": {"a": "b", "b": None}}, "'b' -> None points to an unknown node (nodes: a, b) "
+                                       "(to end the run there, use wtb_ray.END)"),
     ({"entry": None}, "has no entry node"),
     ({"entry": "zzz"}, "entry 'zzz' is not a node"),
     ({"nodes": {"a": f, "b": f, "c": f}, "edges": {"a": "b", "b": END, "c": END}},

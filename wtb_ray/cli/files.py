@@ -42,22 +42,53 @@ def _print_diff(result: dict[str, Any]) -> None:
     if not any(state.values()) and not any(changes.values()):
         out.print("no differences", highlight=False)
     for key, value in state["added"].items():
-        out.print(f"+ state {key} = {json.dumps(value)[:200]}", markup=False, highlight=False)
+        out.print(f"+ state {key} = {_short(value)}", markup=False, highlight=False)
     for key, value in state["removed"].items():
-        out.print(f"- state {key} = {json.dumps(value)[:200]}", markup=False, highlight=False)
+        out.print(f"- state {key} = {_short(value)}", markup=False, highlight=False)
     for key, change in state["changed"].items():
-        out.print(f"~ state {key}", markup=False, highlight=False)
-        out.print(change["diff"] or f"  {json.dumps(change['a'])[:200]}\n"
-                                    f"  -> {json.dumps(change['b'])[:200]}",
-                  markup=False, highlight=False, end="" if change["diff"] else "\n")
+        if change["diff"]:
+            out.print(f"~ state {key}", markup=False, highlight=False)
+            out.print(change["diff"], markup=False, highlight=False, end="")
+            continue
+        a, b = _short(change["a"]), _short(change["b"])
+        one_line = len(a) + len(b) <= 100 and "\n" not in a + b
+        out.print(f"~ state {key}: {a} -> {b}" if one_line
+                  else f"~ state {key}\n  {a}\n  -> {b}", markup=False, highlight=False)
     for item in changes["added"]:
         out.print(f"+ file {item['path']}", markup=False, highlight=False)
     for item in changes["removed"]:
         out.print(f"- file {item['path']}", markup=False, highlight=False)
     for item in changes["changed"]:
-        out.print(f"~ file {item['path']}", markup=False, highlight=False)
         if item["diff"]:
+            a, b = item["a"], item["b"]
+            mode = f"  (mode {a['mode']} -> {b['mode']})" if a["mode"] != b["mode"] else ""
+            out.print(f"~ file {item['path']}{mode}", markup=False, highlight=False)
             out.print(item["diff"], markup=False, highlight=False, end="")
+        else:  # binary, too large for a text diff, or only its mode or type changed
+            out.print(f"~ file {item['path']}  ({_what_changed(item['a'], item['b'])})",
+                      markup=False, highlight=False)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """A state value as JSON on one line, cut at ``limit`` characters (marked)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _what_changed(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What differs between two descriptions of a path (engine.diff.describe) with no text
+    diff to show."""
+    if a["type"] != b["type"]:
+        return f"{a['type']} -> {b['type']}"
+    if a["type"] == "symlink":
+        return f"target {a['target']} -> {b['target']}"
+    parts = []
+    if a.get("hash") != b.get("hash"):
+        parts.append(f"content: {a['size']} -> {b['size']} bytes, no text diff "
+                     "(binary or too large)")
+    if a.get("mode") != b.get("mode"):
+        parts.append(f"mode {a['mode']} -> {b['mode']}")
+    return "; ".join(parts)
 
 
 @app.command()

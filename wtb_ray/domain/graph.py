@@ -195,8 +195,9 @@ class Workflow:
                 raise GraphError(f"{where}: edge from unknown node {source!r}")
             for t in self.successors_of(source):
                 if t != END and t not in self.nodes:
+                    hint = " (to end the run there, use wtb_ray.END)" if t is None else ""
                     raise GraphError(f"{where}: edge {source!r} -> {t!r} points to an unknown node "
-                                     f"(nodes: {', '.join(self.nodes)})")
+                                     f"(nodes: {', '.join(self.nodes)}){hint}")
             if isinstance(target, Route) and not target.targets:
                 raise GraphError(f"{where}: router on {source!r} declares no targets")
         missing = [n for n in self.nodes if n not in self.edges]
