@@ -4,13 +4,13 @@ Every change to an execution goes through :meth:`Store.commit`, which writes, in
 transaction: the new state blobs, the checkpoint, the node boundary, one audit entry and one
 outbox row per event, and the execution row itself. The execution update is *fenced*: it only
 applies if the writer still holds the lease (a runner) or saw the current version (an editor),
-so two processes can never both advance one execution.
+so two processes can never both advance one execution. The transaction itself, per dialect,
+is written by change_writes.py; this class holds the connection and retries a dropped one.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -26,27 +26,26 @@ from wtb_ray.domain.errors import ConcurrencyConflict, NotFound
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.latency import Latency
-from wtb_ray.storage import blob_io, change_sql, codec, db, migrate, queries, raw_reads, rows
+from wtb_ray.storage import (
+    blob_io,
+    change_sql,
+    change_writes,
+    codec,
+    db,
+    migrate,
+    queries,
+    raw_reads,
+    rows,
+)
 from wtb_ray.storage.change import Change, CheckpointWrite, Committed
 from wtb_ray.storage.packer import Packer
 from wtb_ray.storage.schema import audit_log, executions, outbox
 
 log = logging.getLogger(__name__)
-__all__ = ["Change", "CheckpointWrite", "Committed", "Store"]  # the changes: change.py
-
-
-class _FenceFailed(Exception):
-    pass
 
 
 class _Disconnected(Exception):
     """The hot connection dropped mid-transaction; the work is retried on another one."""
-
-
-def _with_checkpoint(events: list[Event], checkpoint_id: int | None) -> list[Event]:
-    if checkpoint_id is None:
-        return events
-    return [e.with_checkpoint(checkpoint_id) if e.checkpoint_id is None else e for e in events]
 
 
 def _is_disconnect(exc: BaseException) -> bool:
@@ -160,20 +159,25 @@ class Store:
                         change.execution_id)
             ex = queries.execution(conn, change.execution_id)
             return Committed(row[0], ex.version, ex.control,
-                             _with_checkpoint(change.events, row[0]))
+                             change_writes.with_checkpoint(change.events, row[0]))
 
     def _commit_batch(self, changes: list[Change]) -> list[Committed | ConcurrencyConflict]:
         started = time.perf_counter()
         with self._on_hot() as dbapi:
             if self.dialect == "postgresql":
-                outcomes = self._commit_postgres(dbapi, changes)
+                outcomes = change_writes.write_postgres(dbapi, changes)
             else:
-                outcomes = self._commit_sqlite(dbapi, changes)
+                outcomes = change_writes.write_sqlite(
+                    dbapi, self._sql, changes, self._exists,
+                    self._wal.committed if self._wal is not None else None)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for _ in changes:  # each change waited for the whole transaction
             self.write_latency.observe(elapsed_ms)
         return [self._conflict(c) if o is None else o
                 for c, o in zip(changes, outcomes, strict=True)]
+
+    def _exists(self, execution_id: str) -> bool:
+        return self.run(queries.exists, execution_id)
 
     def _conflict(self, change: Change) -> ConcurrencyConflict:
         current = self.execution(change.execution_id)
@@ -205,118 +209,6 @@ class Store:
                 # Transactions are spelled out in the statement text (BEGIN ... COMMIT).
                 self._hot.driver_connection.autocommit = True
         return self._hot
-
-    def _commit_sqlite(self, dbapi: Any, changes: list[Change]) -> list[Committed | None]:
-        """None where a change's fence failed (its savepoint is rolled back, the rest stay)."""
-        now = time.time()
-        outcomes: list[Committed | None] = []
-        cur = dbapi.cursor()
-        db.begin_immediate(dbapi)
-        try:
-            for change in changes:
-                if len(changes) > 1:
-                    cur.execute("SAVEPOINT change")
-                try:
-                    outcomes.append(self._sqlite_change(cur, change, now))
-                except _FenceFailed:
-                    if len(changes) == 1:
-                        raise
-                    cur.execute("ROLLBACK TO change")
-                    outcomes.append(None)
-                if len(changes) > 1:
-                    cur.execute("RELEASE change")
-        except _FenceFailed:
-            dbapi.rollback()
-            return [None]
-        except BaseException as exc:
-            dbapi.rollback()
-            # A row naming a deleted execution fails its foreign key before the fenced
-            # UPDATE (last here) could tell: say what PostgreSQL's function says.
-            if isinstance(exc, sqlite3.IntegrityError) and (gone := [
-                    c.execution_id for c in changes if c.new_execution is None
-                    and not self.run(queries.exists, c.execution_id)]):
-                raise NotFound("execution", ", ".join(gone)) from None
-            raise
-        dbapi.commit()
-        if self._wal is not None:
-            self._wal.committed(dbapi)
-        return outcomes
-
-    def _sqlite_change(self, cur: Any, change: Change, now: float) -> Committed:
-        sql, ck = self._sql, change.checkpoint
-        values = {**change.values, "updated_at": now}
-        p = sql.bind(change, values, now)
-        if change.new_execution is not None:
-            cur.execute(sql.insert_execution(), p)
-        checkpoint_id = None
-        if ck is not None:
-            if ck.blobs:
-                cur.execute(sql.insert_blobs(len(ck.blobs)), p)
-            cur.execute(sql.insert_checkpoint(), p)
-            checkpoint_id = p["cid"] = cur.lastrowid
-        if change.boundary is not None:
-            cur.execute(sql.insert_boundary(ck is not None), p)
-        if change.compensations:
-            cur.execute(sql.insert_compensations(len(change.compensations), ck is not None), p)
-        for statement in sql.insert_events(sql.fills(change)):
-            cur.execute(statement, p)
-        if change.new_execution is not None:
-            cur.execute("UPDATE executions SET head_checkpoint_id = :cid WHERE id = :x_id", p)
-            row = (p["x_version"], None)
-        else:
-            row = cur.execute(sql.update_execution(
-                tuple(values), change.fence_version is not None, change.fence_owner is not None,
-                ck is not None), p).fetchone()
-            if row is None:
-                raise _FenceFailed()
-        return Committed(checkpoint_id, row[0], row[1],
-                         _with_checkpoint(change.events, checkpoint_id))
-
-    def _commit_postgres(self, dbapi: Any, changes: list[Change]) -> list[Committed | None]:
-        """One round trip for all changes, each one call of the store's function. A failed
-        fence aborts the whole transaction, so then each change is committed on its own to
-        find which one conflicts."""
-        import psycopg
-
-        now = time.time()
-        escaping = psycopg.pq.Escaping(dbapi.pgconn)
-        script = ";\n".join(["BEGIN", *(
-            change_sql.postgres_call(c, {**c.values, "updated_at": now}, now, escaping)
-            for c in changes), "COMMIT"])
-        cur = psycopg.ClientCursor(dbapi)  # no parameters: one simple-protocol round trip
-        try:
-            cur.execute(script.encode())
-            rows = []
-            while True:  # one row per change
-                if cur.pgresult is not None and cur.pgresult.ntuples:
-                    rows.append(cur.fetchone())
-                if not cur.nextset():
-                    break
-        except psycopg.errors.InvalidTextRepresentation as exc:
-            self._abort(dbapi)
-            if change_sql.FENCE_FAILED not in str(exc):
-                raise
-            if len(changes) == 1:
-                return [None]
-            return [o for c in changes for o in self._commit_postgres(dbapi, [c])]
-        except psycopg.errors.NoDataFound as exc:  # an execution row is gone (deleted)
-            self._abort(dbapi)
-            raise NotFound("execution", str(exc.diag.message_primary or "").rpartition(
-                ": ")[2] or ", ".join(c.execution_id for c in changes)) from None
-        except BaseException:
-            self._abort(dbapi)
-            raise
-        finally:
-            cur.close()
-        return [Committed(row[2] if c.checkpoint is not None else None, row[0], row[1],
-                          _with_checkpoint(c.events,
-                                           row[2] if c.checkpoint is not None else None))
-                for c, row in zip(changes, rows, strict=True)]
-
-    @staticmethod
-    def _abort(dbapi: Any) -> None:
-        if not dbapi.closed and dbapi.info.transaction_status != 0:  # 0: idle
-            dbapi.execute("ROLLBACK")
 
     def request_control(self, execution_id: str, action: str, statuses: set[str],
                         event: Event) -> bool:
