@@ -13,11 +13,11 @@ from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import InvalidInput, InvalidTransition, NotFound, WorkspaceError
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceError
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import checkpoints, compensation, diff, forking, workspaces
+from wtb_ray.engine import checkpoints, claims, diff, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
 from wtb_ray.engine.loader import load_workflow, ref_of
@@ -25,7 +25,6 @@ from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
 from wtb_ray.engine.state import TrackedState, as_state
 from wtb_ray.storage import compensation_sql, gc
 from wtb_ray.storage.queries import Head
-from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change, Committed, Store
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,8 @@ class Bench:
         self.lease_seconds = lease_seconds
         self.owner = new_owner()
         self._caller = NodeCaller()
-        self._keeper = LeaseKeeper(store, self.owner, lease_seconds)
-        self._runner = Runner(store, self.bus, self._caller, self._keeper, lease_seconds)
+        self.keeper = LeaseKeeper(store, self.owner, lease_seconds)
+        self._runner = Runner(store, self.bus, self._caller, self.keeper, lease_seconds)
         self._seen: dict[tuple[str, str], Workflow] = {}
 
     @classmethod
@@ -58,7 +57,7 @@ class Bench:
         return cls(store, lease_seconds=settings.lease_seconds, settings=settings)
 
     def close(self) -> None:
-        self._keeper.close()
+        self.keeper.close()
         self._caller.close()
         self.store.close()
 
@@ -151,7 +150,7 @@ class Bench:
         """Continue a paused or failed run (or one whose runner died) from its head,
         optionally patching state (a checkpoint of its own) and switching variants."""
         ex = self.store.execution(execution_id)
-        if ex.status is Status.RUNNING and lease_is_dead(ex) and not self._keeper.holds(ex.id):
+        if ex.status is Status.RUNNING and lease_is_dead(ex) and not self.keeper.holds(ex.id):
             action = "recover"
         else:
             if ex.status is Status.RUNNING:
@@ -190,32 +189,7 @@ class Bench:
         (see engine.compensation); the workspace is then restored to the target's files.
         One that raises stops the rollback (CompensationFailed); run it again to finish.
         """
-        ex = self.store.execution(execution_id)
-        if (ex.status is Status.ROLLING_BACK and not lease_is_dead(ex)
-                and ex.lease_owner != self.owner):
-            raise InvalidTransition(ex.id, ex.status.value, "rollback",
-                                    f"a rollback is running in {ex.lease_owner}")
-        ex.check("rollback")
-        target = self._rollback_target(ex, to)
-        todo = compensation.plan(self.store, ex, target)
-        with self._keeper.hold([ex.id]):
-            if todo or ex.status is Status.ROLLING_BACK:
-                compensation.undo(self.store, self.bus, ex, target, todo, self.owner,
-                                  self.lease_seconds)
-            ws = workspaces.open_for(self.store, self.settings, ex)
-            if ws is not None:
-                ws.restore(target.workspace_tree)
-        from_id = ex.head_checkpoint_id
-        ex.apply("rollback")
-        committed = self.store.commit(Change(ex.id, [ex.event(
-            "execution.rolled_back", target.next_node, target.id, from_checkpoint_id=from_id,
-            to_checkpoint_id=target.id)],
-            {"status": ex.status.value, "head_checkpoint_id": target.id, "step": target.step,
-             "error": None, **RELEASE}, fence_version=ex.version))
-        ex.head_checkpoint_id, ex.step, ex.error = target.id, target.step, None
-        ex.version = committed.version
-        self.bus.publish(committed.events)
-        return ex
+        return rollback.rollback(self, execution_id, to)
 
     def fork(self, execution_id: str, at: int | None = None, *,
              patch: Mapping[str, Any] | None = None, variants: Mapping[str, str] | None = None,
@@ -330,27 +304,10 @@ class Bench:
         try:
             run = to_run(committed)
         except WorkspaceError as exc:
-            self._unclaim(ex, exc)
+            claims.unclaim(self, ex, exc)
             raise
         return self._runner.drive(ex, wf, run.state, run.cursor, resumed=run.skip_break,
                                   workspace=run.workspace)
-
-    def _unclaim(self, ex: Execution, exc: WorkspaceError) -> None:
-        """A claimed run whose files could not be restored never ran a node: leave it
-        paused at its head, its lease released and the reason in its history, to be resumed
-        once the cause is fixed. If even that cannot be committed, its lease expires."""
-        ex.apply("pause")
-        try:
-            committed = self.store.commit(Change(ex.id, [ex.event(
-                "execution.paused", None, ex.head_checkpoint_id,
-                reason=f"its workspace could not be restored: {exc}")],
-                {"status": ex.status.value, **RELEASE}, fence_owner=self.owner,
-                fence_version=ex.version))
-        except Exception:
-            log.exception("could not pause %s after its workspace failed to restore", ex.id)
-            return
-        ex.version, ex.lease_owner, ex.lease_expires_at = committed.version, None, None
-        self.bus.publish(committed.events)
 
     def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
                      patch: Mapping[str, Any] | None = None, deadline: float | None = None,
@@ -358,46 +315,12 @@ class Bench:
         """The change that makes this process the runner of ``ex`` (start, resume or
         recover), and what turns the committed change into a Run ready to drive.
         ``loaded``: its head checkpoint and state, if the caller read them already."""
-        if loaded is None:
-            _, head, state = self.store.checkpoint_with_state(ex.id, ex.head_checkpoint_id)
-            if head is None or state is None:  # no head: nothing to resume from
-                raise NotFound("checkpoint", f"head of {ex.id}")
-            loaded = head, state
-        head, (values, manifest, since_full) = loaded
-        state = TrackedState(values, manifest, since_full)
-        write = None
-        if patch:
-            write = state.checkpoint(patch, node="patch", parent_id=head.id, step=ex.step,
-                                     kind="patch", next_node=head.next_node)
-            write.workspace_tree = head.workspace_tree
-        ws = workspaces.open_for(self.store, self.settings, ex)
-        ex.apply(action)
-        self.take_lease(ex)
-        change = Change(ex.id, events, {
-            "status": ex.status.value, "variants": dumps(ex.variants), "error": None,
-            "control": None, "lease_owner": ex.lease_owner,
-            "lease_expires_at": ex.lease_expires_at, "attempts": ex.attempts + 1,
-        }, fence_version=ex.version, checkpoint=write)
-
-        def to_run(committed: Committed) -> Run:
-            ex.version, ex.error, ex.control = committed.version, None, None
-            ex.attempts += 1
-            if write is not None:
-                ex.head_checkpoint_id = committed.checkpoint_id
-            self.bus.publish(committed.events)
-            if ws is not None:
-                # A run continues from its head's files, whatever a crashed or failed node
-                # left; only now that the lease is ours may they be touched.
-                ws.restore(head.workspace_tree, watch=True)
-            return Run(ex, wf, state, Cursor(ex.head_checkpoint_id, head.next_node),
-                       skip_break=action != "start", deadline=deadline, workspace=ws)
-
-        return change, to_run
+        return claims.claim_change(self, ex, action, wf, events, patch, deadline, loaded)
 
     def _control(self, execution_id: str, action: str, kind: str) -> Execution:
         ex = self.store.execution(execution_id)
         live = ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex)
-        if live or self._keeper.holds(ex.id):
+        if live or self.keeper.holds(ex.id):
             ex.check_request(action)
             event = ex.event("control.requested", action=action)
             if not self.store.request_control(ex.id, action, REQUESTABLE[action], event):
@@ -414,10 +337,3 @@ class Bench:
 
     def _own_checkpoint(self, ex: Execution, checkpoint_id: int | None) -> Checkpoint:
         return checkpoints.own_checkpoint(self.store, ex, checkpoint_id)
-
-    def _rollback_target(self, ex: Execution, to: int | str) -> Checkpoint:
-        try:
-            nodes = list(self._workflow(None, ex).nodes)
-        except InvalidInput:  # not importable here: we cannot tell a typo from a real node
-            nodes = None
-        return checkpoints.rollback_target(self.store, ex, to, nodes)
