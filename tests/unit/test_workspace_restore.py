@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.unit.aging import age
-from wtb_ray.workspace import TreeReader, Workspace
+from wtb_ray.workspace import TreeReader, Workspace, lanes
 
 
 def files_of(root) -> dict:
@@ -203,7 +203,7 @@ def test_a_restore_that_fails_midway_stops_its_copy_lanes_before_raising(store, 
     lost = ws.reader.get(tree)["edited.bin"][3][0]  # so the write from the store fails
     store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
               write=True)
-    monkeypatch.setattr(restore, "TWO_LANES", 0)  # two lanes, however small the files
+    monkeypatch.setattr(lanes, "TWO_LANES", 0)  # two lanes, however small the files
     real_copy = restore.files.copy_if_unchanged
     monkeypatch.setattr(restore.files, "copy_if_unchanged",
                         lambda *a: time.sleep(0.01) or real_copy(*a))  # slow copies
@@ -250,12 +250,10 @@ def test_consecutive_copy_batches_come_from_different_directories(monkeypatch):
     """Lanes take batches one after another: two lanes creating files in one directory at
     once wait on its lock. Same-size files, listed directory by directory, are the worst
     case for an order by size alone."""
-    from wtb_ray.workspace import restore
-
-    monkeypatch.setattr(restore, "BATCH_BYTES", 3 * (restore.FILE_BYTES + 1000))
+    monkeypatch.setattr(lanes, "BATCH_BYTES", 3 * (lanes.FILE_BYTES + 1000))
     copies = [((f"/fork/{d}/{i}.bin", f"{d}/{i}.bin", ["f", 0o644, 1000, []]), [])
               for d in ("a", "b", "c") for i in range(9)]
-    queue, _ = restore._batches(copies)
+    queue, _ = lanes.plan(copies)
     parents = [{os.path.dirname(c[0][0]) for c in batch} for batch in queue]
     assert all(len(p) == 1 for p in parents)  # a batch is one directory's
     order = [p.pop() for p in parents]

@@ -7,13 +7,7 @@ workspace, in the kernel, like `cp`), else written from the store, fetching chun
 batches of bounded size. Paths the tree lacks are removed unless ignored. Symbolic links are
 never followed: a link where the tree has a directory or file is replaced, not written through.
 
-Local copies run in lanes: plain loops on one to four threads (the calling thread is one)
-that take batches of files (each of one directory, directories in turn, largest files first)
-from one queue until it is empty. A copy is a few system calls, and handing each file to a
-pool cost more than it saved, while a few long loops on threads overlap in the kernel;
-taking batches as they go keeps the lanes busy when some files take far longer than others
-(creating one took from 0.06 to 0.5 ms here). A small restore is one lane, on the calling
-thread.
+Local copies run in lanes (workspace/lanes.py).
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import contextlib
 import os
 import shutil
 import stat
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -30,40 +23,13 @@ from typing import Any
 
 from wtb_ray.domain.errors import StorageError
 from wtb_ray.storage import blob_io, codec
-from wtb_ray.workspace import files, tree
+from wtb_ray.workspace import files, lanes, tree
 from wtb_ray.workspace.ignore import IgnoreRules
 from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
+from wtb_ray.workspace.lanes import Copy, Source, Write
 from wtb_ray.workspace.watch import Watch
 
 FETCH_BYTES = 8 << 20  # per query; peak memory is a few times this
-WORKERS = 4
-# Local copies: one lane (the calling thread) below TWO_LANES bytes, two below ALL_LANES,
-# else WORKERS; never more lanes than CPUs this process may use. Measured on 2 cores: 2
-# threads copy 10 MB in 85 files ~20% faster than one and 3 slower than 2; at 200 MB, 2 and 4
-# lanes did about as well (0.35-0.85x `cp -r` and 0.71-0.78x over a few runs, one lane
-# 1.35x), while 4 threads on 2 CPUs can wait on kernel locks a descheduled thread holds. Each
-# file also counts as FILE_BYTES: creating one costs about as much as copying that many
-# bytes. A lane takes BATCH_BYTES' worth of files at a time.
-TWO_LANES, ALL_LANES = 2 << 20, 64 << 20
-FILE_BYTES = 32 << 10
-BATCH_BYTES = 1 << 20
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-Write = tuple[str, str, list[Any]]  # (path, path in the workspace, tree entry)
-# How a local source can supply a file: (its path there, the stat key its index vouches for,
-# or else the quick fingerprints its index recorded when it was too recent to vouch for).
-Source = tuple[str, Any, list[str] | None]
-Copy = tuple[Write, list[Source]]
-_pool_lock = threading.Lock()
-
-
-def _workers() -> ThreadPoolExecutor:
-    """The process's restore threads, started once (a fork or rollback should not pay for
-    starting threads), and again in a child process (which inherits none of them)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(WORKERS, thread_name_prefix="wtb-restore"))
-        return _pool[1]
 
 
 class Restore:
@@ -257,9 +223,9 @@ class Restore:
                 os.mkdir(path)
             if self.watch is not None:
                 self.watch.add(path, prefix)
-        pool = _workers()
-        queue, lanes = _batches(self.local)
-        self.copying = [pool.submit(self._copy_lane, queue) for _ in range(lanes - 1)]
+        pool = lanes.workers()
+        queue, count = lanes.plan(self.local)
+        self.copying = [pool.submit(self._copy_lane, queue) for _ in range(count - 1)]
         self._write_from_store(pool, self.remote)
         missed = self._copy_lane(queue)
         for task in self.copying:
@@ -358,42 +324,6 @@ class Restore:
             self.written.append((rel, entry[3], files.finish(fd, entry[1])))
         finally:
             os.close(fd)
-
-
-def _batches(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
-    """``copies`` in batches of about BATCH_BYTES, each of one directory's files (largest
-    first), taken from the directories in turn, and how many lanes should take them. Lanes
-    take batches one after another, so at any time they create files in different
-    directories: creating files in one directory from two threads at once serialises on its
-    lock (two lanes in one directory were slower than one here, two in different ones
-    faster)."""
-    def cost(c: Copy) -> int:
-        return c[0][2][2] + FILE_BYTES
-
-    by_dir: dict[str, list[list[Copy]]] = {}
-    filled: dict[str, int] = {}  # the cost in each directory's last batch
-    total = 0
-    for c in sorted(copies, key=cost, reverse=True):
-        parent, n = os.path.dirname(c[0][0]), cost(c)
-        if filled.get(parent, BATCH_BYTES) >= BATCH_BYTES:  # none yet, or the last is full
-            by_dir.setdefault(parent, []).append([])
-            filled[parent] = 0
-        by_dir[parent][-1].append(c)
-        filled[parent] += n
-        total += n
-    lanes = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
-    queue: deque[list[Copy]] = deque()
-    turns = sorted(by_dir.values(), key=len, reverse=True)
-    for i in range(len(turns[0]) if turns else 0):
-        queue.extend(batches[i] for batches in turns if i < len(batches))
-    return queue, lanes
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _source(root: str, index: StatIndex, rel: str, chunks: list[str]) -> Source | None:
