@@ -149,7 +149,7 @@ def test_an_upload_writes_again_a_blob_collected_right_after_it_looked(bench, tm
     from sqlalchemy import delete
 
     from wtb_ray.storage import blob_io
-    from wtb_ray.workspace import snapshot
+    from wtb_ray.workspace import uploader
 
     first = tmp_path / "first"
     first.mkdir()
@@ -166,8 +166,8 @@ def test_an_upload_writes_again_a_blob_collected_right_after_it_looked(bench, tm
             conn.commit()
         return found
 
-    monkeypatch.setattr(snapshot.blob_io, "existing", look_then_collect)
-    monkeypatch.setattr(snapshot, "INLINE_BYTES", 0)  # force the separate upload path
+    monkeypatch.setattr(uploader.blob_io, "existing", look_then_collect)
+    monkeypatch.setattr(uploader, "INLINE_BYTES", 0)  # force the separate upload path
     second = tmp_path / "second"
     second.mkdir()
     (second / "data.bin").write_bytes((first / "data.bin").read_bytes())

@@ -19,8 +19,9 @@ from wtb_ray.workspace import collector
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
-from wtb_ray.workspace.snapshot import DirKeys, Snapshot, Trees, Uploader
+from wtb_ray.workspace.snapshot import DirKeys, Snapshot, Trees
 from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
+from wtb_ray.workspace.uploader import Uploader
 from wtb_ray.workspace.watch import Watch
 
 # A run's checkpoints save the stat index at most this often (it is also saved when the run
