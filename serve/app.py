@@ -87,6 +87,7 @@ class Ingress:
         state = context.Api(Settings())
         state.metrics.register(StoreCollector(state))
         context.install(state)
+        state.warm()
 
 
 app = Ingress.bind()

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Annotated, Any
 
+import ray
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter
 
@@ -19,6 +20,7 @@ from wtb_ray.engine.loader import load_workflow
 
 log = logging.getLogger(__name__)
 SCHEDULE_COALESCE_S = 0.02
+WARM_TIMEOUT_S = 60.0
 
 
 class BadField(Exception):
@@ -67,6 +69,16 @@ class Api:
 
                 self._orchestrator = get_or_create(self.settings)
             return self._orchestrator
+
+    def warm(self, timeout: float = WARM_TIMEOUT_S) -> None:
+        """Create and boot the orchestrator before the replica takes requests, so that the
+        application being ready means /healthz answers ok: starting the actor takes seconds
+        on a busy machine, more than a health check waits. A failure here is logged, not
+        raised: /healthz then says what is wrong, and the next request tries again."""
+        try:
+            ray.get(self.orchestrator().boot.remote(), timeout=timeout)
+        except Exception:
+            log.exception("the orchestrator did not boot within %s s", timeout)
 
     def schedule(self, batch_id: str) -> None:
         """Hand a persisted batch to the orchestrator, without waiting. Batches submitted

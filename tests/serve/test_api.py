@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT
@@ -59,9 +60,16 @@ def follow_events(api, batch_id: str, timeout: float = 180,
     raise AssertionError(f"no batch.completed within {timeout} s ({len(events)} events)")
 
 
+def test_the_orchestrator_is_up_once_the_application_is_ready(api):
+    # The replica boots it while starting: the first health check must not wait for an
+    # actor to start (seconds on a busy machine), nor find it missing.
+    orchestrator = ray.get_actor(api.settings.orchestrator_name, namespace="wtb")
+    assert ray.get(orchestrator.boot.remote(), timeout=5) is True
+
+
 def test_healthz_needs_no_token(api):
     response = api.anonymous.get("/healthz")
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "database": "ok", "orchestrator": "ok"}
 
 
