@@ -26,17 +26,36 @@ def test_wtb_serve_refuses_a_public_host_without_a_token(tmp_path):
     assert not (tmp_path / "api_token").exists()
 
 
-def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
-    port = free_port()
+def _start(tmp_path, port: int) -> subprocess.Popen:
     env = subprocess_env(f"sqlite:///{tmp_path / 'wtb.db'}", WTB_HOME=str(tmp_path),
                          WTB_ORCHESTRATOR_NAME="wtb-orchestrator-serve-cli")
     env.pop("WTB_API_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
     # Started as `wtb serve &` from a script starts it: SIGINT ignored (no job control).
-    server = subprocess.Popen(wtb_cmd("serve", "--port", str(port)), env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    return subprocess.Popen(wtb_cmd("serve", "--port", str(port)), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def _stop(server: subprocess.Popen) -> str:
+    """`kill` it: Serve shut down, Ray stopped, exit 0. Returns what it printed."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    with contextlib.suppress(ProcessLookupError):  # nothing of its Ray may outlive it
+        os.killpg(server.pid, signal.SIGKILL)
+    printed = server.stderr.read()
+    assert server.returncode == 0, printed[-2000:]
+    return printed
+
+
+def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
+    port = free_port()
+    server = _start(tmp_path, port)
     try:
         deadline = time.time() + 240
         while True:
@@ -56,13 +75,20 @@ def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
         listed = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert [w["name"] for w in listed.json()["workflows"]] == ["astro-qa"]
     finally:
-        server.send_signal(signal.SIGTERM)  # `kill`: Serve shut down, Ray stopped, exit 0
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        with contextlib.suppress(ProcessLookupError):  # nothing of its Ray may outlive it
-            os.killpg(server.pid, signal.SIGKILL)
-    assert server.returncode == 0, server.stderr.read()[-2000:]
-    assert "WTB API stopped" in server.stderr.read()
+        printed = _stop(server)
+    assert "WTB API stopped" in printed
+
+
+def test_wtb_serve_killed_while_it_deploys_stops_cleanly(tmp_path):
+    # Serve has started; the replica (booting the orchestrator) takes seconds more. A service
+    # manager stopping it now must get the same clean stop as later, not a killed process.
+    server = _start(tmp_path, free_port())
+    try:
+        for line in server.stderr:
+            if "Started Serve" in line:
+                break
+        else:
+            raise AssertionError(f"wtb serve ended (exit {server.wait()}) before Serve started")
+    finally:
+        printed = _stop(server)
+    assert "WTB API stopped" in printed and "WTB API at" not in printed

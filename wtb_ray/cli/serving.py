@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Annotated
 
@@ -30,23 +31,32 @@ def serve_api(host: Annotated[str | None, typer.Option(help="Default WTB_API_HOS
     from serve.deploy import deploy
 
     client.connect(address)
-    deploy(settings)
-    url = f"http://{settings.api_host}:{settings.api_port}"
-    where = ("WTB_API_TOKEN" if settings.api_token is not None else str(token_path(settings)))
-    err.print(f"WTB API at {url} (docs: {url}/docs); bearer token in {where}",
-              highlight=False)
-    # `kill` (and a service manager's stop) shut it down as Ctrl-C does. SIGINT is left as
-    # it came: a shell starting `wtb serve &` without job control ignores it on purpose.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # `kill` (and a service manager's stop) shut it down as Ctrl-C does, from here on: also
+    # while deploying, which waits for the replica (and the orchestrator it boots). SIGINT
+    # is left as it came: a shell starting `wtb serve &` without job control ignores it on
+    # purpose.
+    stopping = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
+        deploy(settings)
+        url = f"http://{settings.api_host}:{settings.api_port}"
+        where = ("WTB_API_TOKEN" if settings.api_token is not None
+                 else str(token_path(settings)))
+        err.print(f"WTB API at {url} (docs: {url}/docs); bearer token in {where}",
+                  highlight=False)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # Raised inside a library (pydantic's serializer, say), the interrupt may come out
+        # wrapped in another exception: the flag tells a stop from a failure.
+        if not (stopping.is_set() or isinstance(exc, KeyboardInterrupt)):
+            raise
         from ray import serve
 
         serve.shutdown()
         err.print("WTB API stopped", highlight=False)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
