@@ -12,6 +12,9 @@ if [ -f "$rundir/pgid" ]; then
   # leader is gone already.
   kill -TERM "$pgid" 2>/dev/null || kill -TERM -- "-$pgid" 2>/dev/null || true
   for _ in $(seq 1 60); do running || break; sleep 0.25; done
+  if running; then
+    echo "the Ray head did not stop within 15 s of SIGTERM; killing what is left" >&2
+  fi
   kill -KILL -- "-$pgid" 2>/dev/null || true
   rm -f "$rundir/pgid" "$rundir/address"
 fi

@@ -28,7 +28,10 @@ else
   agent_port=${WTB_RAY_AGENT_PORT:-$(free_port)}
   client_port=${WTB_RAY_CLIENT_PORT:-$(free_port)}
   # Its own process group, so local-down.sh stops exactly this head and nothing else.
-  setsid ray start --head --port=0 --dashboard-host=127.0.0.1 \
+  # No drain on SIGTERM: Ray waits (30 s by default) for every worker lease to be returned,
+  # which a detached orchestrator or a warm executor never does; a local head has no
+  # traffic to move elsewhere, so it stops in seconds instead.
+  RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 setsid ray start --head --port=0 --dashboard-host=127.0.0.1 \
     --dashboard-port="$dashboard_port" --dashboard-agent-listen-port="$agent_port" \
     --ray-client-server-port="$client_port" --disable-usage-stats "${cpus[@]}" --block \
     > "$rundir/ray.log" 2>&1 &

@@ -30,8 +30,12 @@ def head(tmp_path_factory):
     exported = dict(line.removeprefix("export ").split("=", 1)
                     for line in (rundir / "env").read_text().splitlines())
     yield {**env, **exported}
-    subprocess.run(["bash", str(ROOT / "cluster/local-down.sh")], env=env, timeout=60)
+    down = subprocess.run(["bash", str(ROOT / "cluster/local-down.sh")], env=env, timeout=60,
+                          capture_output=True, text=True)
     assert not (rundir / "pgid").exists()
+    # The head stopped on SIGTERM by itself, with the detached orchestrator and executors
+    # the tests left on it (Ray's drain would have waited on their leases, then been killed).
+    assert down.returncode == 0 and "did not stop" not in down.stderr, down.stderr
 
 
 def test_ray_job_submit_runs_a_batch(head, tmp_path):
