@@ -150,7 +150,7 @@ def test_restored_files_get_their_modes_whatever_the_umask(store, tmp_path):
 
 def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprints(
         store, tmp_path, monkeypatch):
-    from wtb_ray.workspace import restore
+    from wtb_ray.workspace import writer
 
     origin = tmp_path / "origin"
     origin.mkdir()
@@ -167,8 +167,8 @@ def test_a_file_too_recent_to_vouch_for_is_copied_if_its_copy_has_its_fingerprin
         f.write(b"changed after the checkpoint")
     os.utime(origin / "edited.bin", ns=(future, future))
     fetched = []
-    real_fetch = restore.Restore._fetch
-    monkeypatch.setattr(restore.Restore, "_fetch",
+    real_fetch = writer.Writer._fetch
+    monkeypatch.setattr(writer.Writer, "_fetch",
                         lambda self, hashes: fetched.append(set(hashes)) or
                         real_fetch(self, hashes))
     fork = Workspace(tmp_path / "fork", store)
@@ -186,7 +186,7 @@ def test_a_restore_that_fails_midway_stops_its_copy_lanes_before_raising(store, 
 
     from wtb_ray.domain.errors import StorageError
     from wtb_ray.storage.schema import blobs
-    from wtb_ray.workspace import restore
+    from wtb_ray.workspace import restore, writer
 
     origin = tmp_path / "origin"
     for d in ("a", "b", "c"):
@@ -204,15 +204,16 @@ def test_a_restore_that_fails_midway_stops_its_copy_lanes_before_raising(store, 
     store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
               write=True)
     monkeypatch.setattr(lanes, "TWO_LANES", 0)  # two lanes, however small the files
-    real_copy = restore.files.copy_if_unchanged
-    monkeypatch.setattr(restore.files, "copy_if_unchanged",
+    real_copy = writer.files.copy_if_unchanged
+    monkeypatch.setattr(writer.files, "copy_if_unchanged",
                         lambda *a: time.sleep(0.01) or real_copy(*a))  # slow copies
     dest = tmp_path / "fork"
     job = restore.Restore(str(dest), ws.rules, Workspace(dest, store).index,
                           TreeReader(store), store, sources=[str(origin)])
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
-    assert len(job.copying) == 1 and job.copying[0].done()  # the other lane stopped too
+    lanes_started = job.writer.copying
+    assert len(lanes_started) == 1 and lanes_started[0].done()  # the other lane stopped too
     copied = sorted(dest.rglob("*.txt"))
     time.sleep(0.05)
     assert sorted(dest.rglob("*.txt")) == copied and len(copied) < 10  # of 60: it stopped early
@@ -224,7 +225,7 @@ def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_rais
 
     from wtb_ray.domain.errors import StorageError
     from wtb_ray.storage.schema import blobs
-    from wtb_ray.workspace import restore
+    from wtb_ray.workspace import restore, writer
 
     origin = tmp_path / "origin"
     origin.mkdir()
@@ -235,15 +236,15 @@ def test_a_restore_from_the_store_that_fails_midway_stops_its_writes_before_rais
     lost = ws.reader.get(tree)["4.bin"][3][0]  # a chunk of a file in the third batch
     store.run(lambda conn: conn.execute(sa.delete(blobs).where(blobs.c.hash == lost)),
               write=True)
-    monkeypatch.setattr(restore.blob_io, "BATCH", 2)  # two files per fetch
-    real_write = restore.Restore._write_one
-    monkeypatch.setattr(restore.Restore, "_write_one",
+    monkeypatch.setattr(writer.blob_io, "BATCH", 2)  # two files per fetch
+    real_write = writer.Writer._write_one
+    monkeypatch.setattr(writer.Writer, "_write_one",
                         lambda self, *a: time.sleep(0.05) or real_write(self, *a))
     job = restore.Restore(str(tmp_path / "copy"), ws.rules,
                           Workspace(tmp_path / "copy", store).index, TreeReader(store), store)
     with pytest.raises(StorageError, match=lost):
         job.run(tree)
-    assert job.tasks and all(task.done() for task in job.tasks)
+    assert job.writer.tasks and all(task.done() for task in job.writer.tasks)
 
 
 def test_consecutive_copy_batches_come_from_different_directories(monkeypatch):
