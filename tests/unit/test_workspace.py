@@ -70,7 +70,7 @@ def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(store, tmp_path):
 def test_a_patched_file_is_read_again_and_only_its_changed_chunk_hashed(store, tmp_path,
                                                                           monkeypatch):
     from wtb_ray.storage import codec
-    from wtb_ray.workspace import snapshot, tree
+    from wtb_ray.workspace import chunker, tree
 
     root = tmp_path / "ws"
     root.mkdir()
@@ -83,7 +83,7 @@ def test_a_patched_file_is_read_again_and_only_its_changed_chunk_hashed(store, t
     big.write_bytes(data)
     hashed = []
     real_digest = codec.chunk_digest
-    monkeypatch.setattr(snapshot.codec, "chunk_digest", lambda b: hashed.append(len(b)) or
+    monkeypatch.setattr(chunker.codec, "chunk_digest", lambda b: hashed.append(len(b)) or
                         real_digest(b))
     second = ws.snapshot()
     assert ws.last_files_read == 1

@@ -1,6 +1,6 @@
 """Recording a workspace directory as a tree, uploading only what the store lacks.
 
-Files are read in CHUNK_SIZE pieces and never held whole; new chunks go to an Uploader
+Files are read in chunks (workspace/chunker.py); new chunks go to an Uploader
 (workspace/uploader.py). Files the stat index vouches for are not read at all.
 """
 
@@ -10,11 +10,9 @@ import os
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any
 
-import xxhash
-
 from wtb_ray.domain.errors import WorkspaceError
-from wtb_ray.storage import codec
 from wtb_ray.workspace import tree
+from wtb_ray.workspace.chunker import Chunker
 from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import DirKey, StatIndex, dir_key
 from wtb_ray.workspace.uploader import Uploader
@@ -36,7 +34,7 @@ class Snapshot:
         self.rules = rules
         self.index = index
         self.uploader = uploader
-        self.max_file_bytes = max_file_bytes
+        self.chunker = Chunker(index, uploader, max_file_bytes)
         self.fresh: dict[str, Any] = {}
         self.quick: dict[str, list[list[str]]] = {}  # fingerprints of every file seen
         self.files_read = 0
@@ -52,7 +50,6 @@ class Snapshot:
         # of an unchanged tree here. Replaced at the end, like the trees.
         self.last_dir_keys = dir_keys if dir_keys is not None else {}
         self.dir_keys: DirKeys = {}
-        self._buf = memoryview(bytearray(tree.CHUNK_SIZE))  # reused: no allocation per read
         # With a watch (workspace/watch.py): each directory walked is watched before it is
         # listed, and ``dirty`` (when the watch vouches for the rest) holds the paths that
         # must be examined; a directory with none of them under it is kept as it was.
@@ -282,30 +279,7 @@ class Snapshot:
 
     def _read(self, rel: str, path: str, st: os.stat_result) -> list[str]:
         """Read a file the index does not vouch for; its chunk hashes."""
-        limit = self.max_file_bytes
-        if st.st_size > limit:
-            raise WorkspaceError(rel, f"{st.st_size} bytes is over the size limit of {limit} "
-                                      "bytes (WTB_WORKSPACE_MAX_FILE_BYTES)")
-        chunks: list[str] = []
-        pairs: list[list[str]] = []
-        read = 0
-        buf = self._buf
-        with open(path, "rb", buffering=0) as f:
-            while n := _fill(f, buf):
-                read += n
-                if read > limit:
-                    raise WorkspaceError(rel, f"grew over the size limit of {limit} bytes "
-                                              "while being read")
-                view = buf[:n]
-                fingerprint = xxhash.xxh3_128_hexdigest(view)
-                h = self.index.known_hash(rel, len(chunks), fingerprint)
-                if h is None or not self.uploader.has(h):
-                    data = bytes(view)  # only a chunk that may have to be stored is copied
-                    h = h or codec.chunk_digest(data)
-                    self.uploader.add(h, data)
-                chunks.append(h)
-                pairs.append([fingerprint, h])
-        self.quick[rel] = pairs
+        chunks, self.quick[rel] = self.chunker.read(rel, path, st)
         self.files_read += 1
         entry = StatIndex.entry(st, chunks, self.clock)
         if entry is not None:
@@ -313,14 +287,6 @@ class Snapshot:
         else:  # too recent to vouch for: not the entry the copied index may still hold
             self.fresh.pop(rel, None)
         return chunks
-
-
-def _fill(f: Any, buf: memoryview) -> int:
-    """Read into ``buf`` until it is full or the file ends; the count read."""
-    n = 0
-    while n < len(buf) and (got := f.readinto(buf[n:])):
-        n += got
-    return n
 
 
 def _check_utf8(rel: str) -> None:
