@@ -17,12 +17,12 @@ from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceErro
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import checkpoints, claims, diff, forking, rollback, workspaces
+from wtb_ray.engine import checkpoints, claims, creation, diff, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
-from wtb_ray.engine.loader import load_workflow, ref_of
+from wtb_ray.engine.loader import load_workflow
 from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
-from wtb_ray.engine.state import TrackedState, as_state
+from wtb_ray.engine.state import as_state
 from wtb_ray.storage import compensation_sql, gc
 from wtb_ray.storage.queries import Head
 from wtb_ray.storage.store import Change, Committed, Store
@@ -81,8 +81,8 @@ class Bench:
         execution: what it holds now is recorded with the start checkpoint.
         """
         wf = self._workflow(workflow)
-        ex, change, state, ws = self.prepare(
-            wf, input, variants=variants, break_before=break_before, break_after=break_after,
+        ex, change, state, ws = creation.prepare(
+            self, wf, input, variants=variants, break_before=break_before, break_after=break_after,
             labels=labels, batch_id=batch_id, execution_id=execution_id, running=_running,
             workspace=workspace, workspace_ignore=workspace_ignore)
         committed = self.store.commit(change)
@@ -91,40 +91,6 @@ class Bench:
             return self._runner.drive(ex, wf, state, Cursor(committed.checkpoint_id, wf.entry),
                                       workspace=ws)
         return ex
-
-    def prepare(self, wf: Workflow, input: Mapping[str, Any] | None, *,
-                variants: Mapping[str, str] | None = None, break_before: Iterable[str] = (),
-                break_after: Iterable[str] = (), labels: Mapping[str, Any] | None = None,
-                batch_id: str | None = None, execution_id: str | None = None,
-                running: bool = False, workspace: workspaces.WorkspaceSpec = None,
-                workspace_ignore: Iterable[str] = ()
-                ) -> tuple[Execution, Change, TrackedState, workspaces.Workspace | None]:
-        """A new execution, the change that persists it (validated, not yet committed), its
-        state, and its workspace if it has one (already recorded in the start checkpoint)."""
-        ex = Execution(
-            workflow_name=wf.name, workflow_ref=ref_of(wf), workflow_version=wf.version,
-            variants=wf.check_choice(dict(variants or {})),
-            break_before=wf.check_nodes(break_before, "--break-before"),
-            break_after=wf.check_nodes(break_after, "--break-after"),
-            labels=dict(labels or {}), batch_id=batch_id)
-        if execution_id:
-            ex.id = execution_id
-        ignore = [*self.settings.workspace_ignore, *workspace_ignore]
-        ex.workspace = workspaces.config(self.settings, ex.id, workspace, ignore)
-        if ex.workspace is None and list(workspace_ignore):
-            raise InvalidInput("workspace ignore patterns need a workspace")
-        state = TrackedState.empty()
-        write = state.checkpoint(as_state(input, "input"), node="input", parent_id=None,
-                                 step=0, kind="start", next_node=wf.entry)
-        ws = workspaces.open_for(self.store, self.settings, ex)
-        if ws is not None:
-            write.workspace_tree = ws.snapshot()
-        events = [ex.event("execution.created", workflow=wf.name, variants=ex.variants)]
-        if running:
-            self.take_lease(ex)
-            ex.apply("start")
-            events.append(ex.event("execution.started"))
-        return ex, Change(ex.id, events, checkpoint=write, new_execution=ex), state, ws
 
     def created(self, ex: Execution, committed: Committed) -> None:
         ex.head_checkpoint_id, ex.version = committed.checkpoint_id, committed.version

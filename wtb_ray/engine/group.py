@@ -14,6 +14,7 @@ from typing import Any
 from wtb_ray.domain.errors import ConcurrencyConflict
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.domain.graph import Workflow
+from wtb_ray.engine import creation
 from wtb_ray.engine.bench import Bench
 from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.runner import Run
@@ -24,11 +25,11 @@ CREATE_CHUNK = 500  # executions per transaction when a batch is persisted
 
 def create_many(bench: Bench, wf: Workflow, items: Sequence[Mapping[str, Any]]
                 ) -> list[Execution]:
-    """Persist pending executions; each item holds ``input`` and ``prepare`` options."""
+    """Persist pending executions; each item holds ``input`` and ``creation.prepare`` options."""
     created: list[Execution] = []
     for start in range(0, len(items), CREATE_CHUNK):
-        prepared = [bench.prepare(wf, item.get("input"), **{k: v for k, v in item.items()
-                                                            if k != "input"})
+        prepared = [creation.prepare(bench, wf, item.get("input"),
+                                     **{k: v for k, v in item.items() if k != "input"})
                     for item in items[start:start + CREATE_CHUNK]]
         outcomes = bench.store.commit_many([change for _, change, _, _ in prepared])
         for (ex, *_), committed in zip(prepared, outcomes, strict=True):
