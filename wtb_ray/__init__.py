@@ -15,7 +15,8 @@ from wtb_ray.domain.errors import (
     WTBError,
 )
 from wtb_ray.domain.execution import Execution, Status
-from wtb_ray.domain.graph import END, Node, Retry, Route, Variant, Workflow
+from wtb_ray.domain.graph import END, Workflow
+from wtb_ray.domain.nodes import Node, Retry, Route, Variant
 
 __all__ = [
     "END", "Bench", "ConcurrencyConflict", "Execution", "GraphError", "InvalidInput",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from wtb_ray.domain.errors import NodeFailed, NodeTimeout
-from wtb_ray.domain.graph import ResolvedNode
+from wtb_ray.domain.nodes import ResolvedNode
 from wtb_ray.engine.context import NodeContext
 
 

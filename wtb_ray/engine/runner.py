@@ -26,7 +26,8 @@ from typing import Any
 from wtb_ray.domain.errors import ConcurrencyConflict, NodeFailed, WTBError
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import Execution, Status
-from wtb_ray.domain.graph import END, ResolvedNode, Workflow
+from wtb_ray.domain.graph import END, Workflow
+from wtb_ray.domain.nodes import ResolvedNode
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.context import NodeContext
 from wtb_ray.engine.lease import LeaseKeeper
