@@ -16,18 +16,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import traceback
 from collections import ChainMap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from wtb_ray.domain.errors import ConcurrencyConflict, NodeFailed, WTBError
+from wtb_ray.domain.errors import ConcurrencyConflict, NodeFailed
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.domain.graph import END, Workflow
 from wtb_ray.domain.nodes import ResolvedNode
+from wtb_ray.engine import failures
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.context import NodeContext
 from wtb_ray.engine.lease import LeaseKeeper
@@ -255,28 +255,9 @@ class Runner:
                 duration_ms: float, exc: BaseException, attempts: int = 1,
                 retries: list[Event] | None = None,
                 undo: list[dict[str, Any]] | None = None) -> tuple[Change, After]:
-        ex, cursor = run.ex, run.cursor
-        if isinstance(exc, NodeFailed):
-            error = {"node": node, "type": exc.error_type, "message": exc.error_message,
-                     "attempts": exc.attempts}
-            cause = exc.__cause__ or exc
-        else:
-            error = {"node": node, "type": type(exc).__name__, "message": str(exc),
-                     "attempts": attempts}
-            cause = exc
-        if not isinstance(cause, WTBError):
-            error["traceback"] = "".join(traceback.format_exception(cause))[-4000:]
-        events = [*(retries or []),
-                  ex.event("node.failed", node, cursor.checkpoint_id,
-                           **{k: v for k, v in error.items() if k != "node"}),
-                  ex.event("execution.failed", node, cursor.checkpoint_id,
-                           error=f"{error['type']}: {error['message']}")]
-        boundary = None
-        if variant is not None:
-            boundary = {"step": ex.step + 1, "node": node, "variant": variant,
-                        "attempt": error["attempts"], "entry_checkpoint_id": cursor.checkpoint_id,
-                        "status": "failed", "started_at": started, "duration_ms": duration_ms,
-                        "error": f"{error['type']}: {error['message']}", "usage": None}
+        ex = run.ex
+        error, events, boundary = failures.record(run, node, variant, started, duration_ms,
+                                                  exc, attempts, retries)
         change = Change(ex.id, events, {"status": Status.FAILED.value, "error": dumps(error),
                                         **RELEASE},
                         fence_owner=self.owner, fence_version=ex.version, boundary=boundary,
