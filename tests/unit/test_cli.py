@@ -203,6 +203,22 @@ def test_diff_shows_a_unified_diff_of_text_state_values(cli):
     diff = as_json(cli("diff", str(patch["parent_id"]), str(patch["id"]), "--json"))
     change = diff["state"]["changed"]["text"]
     assert change["a"] == "one\ntwo\n" and "-two\n+three\n" in change["diff"]
+    human = cli("diff", str(patch["parent_id"]), str(patch["id"])).stdout.splitlines()
+    assert "~ state text" in human and "-two" in human and "+three" in human
+
+
+def test_diff_prints_a_short_one_line_text_as_old_and_new_value(cli):
+    first = as_json(cli("run", REF, "--input", '{"stage": "drafted"}', "--break-after", "a",
+                        "--json"))["execution"]
+    patched = as_json(cli("resume", first["id"], "--patch", '{"stage": "revised"}',
+                          "--json"))["execution"]
+    patch = next(c for c in as_json(cli("checkpoints", patched["id"], "--json"))["checkpoints"]
+                 if c["kind"] == "patch")
+    human = cli("diff", str(patch["parent_id"]), str(patch["id"])).stdout
+    assert '~ state stage: "drafted" -> "revised"' in human.splitlines()
+    assert "No newline" not in human  # no unified diff for it
+    diff = as_json(cli("diff", str(patch["parent_id"]), str(patch["id"]), "--json"))
+    assert "+revised" in diff["state"]["changed"]["stage"]["diff"]  # --json keeps it
 
 
 def test_diff_prints_a_changed_number_on_one_line_and_cuts_long_values(cli):

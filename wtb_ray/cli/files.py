@@ -46,12 +46,13 @@ def _print_diff(result: dict[str, Any]) -> None:
     for key, value in state["removed"].items():
         out.print(f"- state {key} = {_short(value)}", markup=False, highlight=False)
     for key, change in state["changed"].items():
-        if change["diff"]:
+        a, b = _short(change["a"]), _short(change["b"])
+        one_line = len(a) + len(b) <= 100 and not any(
+            isinstance(v, str) and "\n" in v for v in (change["a"], change["b"]))
+        if change["diff"] and not one_line:  # a short one-line text reads best as a -> b
             out.print(f"~ state {key}", markup=False, highlight=False)
             out.print(change["diff"], markup=False, highlight=False, end="")
             continue
-        a, b = _short(change["a"]), _short(change["b"])
-        one_line = len(a) + len(b) <= 100 and "\n" not in a + b
         out.print(f"~ state {key}: {a} -> {b}" if one_line
                   else f"~ state {key}\n  {a}\n  -> {b}", markup=False, highlight=False)
     for item in changes["added"]:
