@@ -98,6 +98,8 @@ class ResolvedNode:
 
 
 def takes_ctx(fn: NodeFn, where: str) -> bool:
+    """Whether ``fn`` is called as fn(state, ctx) rather than fn(state); a callable that takes
+    neither fails, naming ``where`` it was given."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
