@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 from ray import serve
 
-from serve import batches, context, errors, events, executions, ops
+from serve import batches, context, diffs, errors, events, executions, ops
 from serve.auth import require_token
 from serve.metrics import StoreCollector
 from wtb_ray import __version__
@@ -19,7 +19,7 @@ api = FastAPI(title="WTB - Workflow Test Bench", version=__version__,
               description="Submit and watch batches of variant combinations x cases; start, "
                           "pause, resume, roll back and fork executions.")
 errors.install(api)
-for router in (batches.router, executions.router, events.router):
+for router in (batches.router, executions.router, diffs.router, events.router):
     api.include_router(router, dependencies=[Depends(require_token)])
 api.include_router(ops.router)
 

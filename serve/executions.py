@@ -1,6 +1,6 @@
-"""/v1/executions: start one run, list them, read one and control it (pause, stop, resume,
-rollback, fork). Runs happen in Ray tasks; what the caller can get wrong is answered on the
-request."""
+"""/v1/executions: start one run, list them, read one (its checkpoints, its workspace files)
+and control it (pause, stop, resume, rollback, fork). Runs happen in Ray tasks; what the
+caller can get wrong is answered on the request."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from fastapi import APIRouter, Query, Request
 from actors.runs import drive
 from serve.checks import check_choice, check_nodes
 from serve.context import Api, BadField, Ctx
-from serve.models import ExecutionIn, ForkIn, IdPath, IdQuery, ResumeIn, RollbackIn
+from serve.models import (
+    ExecutionIn,
+    ForkIn,
+    IdPath,
+    IdQuery,
+    ResumeIn,
+    RollbackIn,
+    RowIdQuery,
+)
 from serve.paging import Limit, Offset, next_page
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
@@ -27,21 +35,23 @@ def follow_up(*operations: str) -> dict:
     return {"links": {op: {"operationId": f"{op}_v1_executions__execution_id_{suffix}",
                            "parameters": {"execution_id": "$response.body#/execution/id"}}
                       for op, suffix in (("show", "_get"), ("checkpoints", "_checkpoints_get"),
+                                         ("files", "_files_get"),
                                          ("pause", "_pause_post"), ("stop", "_stop_post"),
                                          ("resume", "_resume_post"),
                                          ("rollback", "_rollback_post"), ("fork", "_fork_post"))
                       if op in operations}}
 
 
-ALL = ("show", "checkpoints", "pause", "stop", "resume", "rollback", "fork")
+ALL = ("show", "checkpoints", "files", "pause", "stop", "resume", "rollback", "fork")
 
 
 def view(request: Request, ex: Execution) -> dict[str, Any]:
     base = f"{str(request.base_url).rstrip('/')}/v1/executions/{ex.id}"
-    return {"execution": ex.to_dict(),
-            "links": {"self": base, "checkpoints": f"{base}/checkpoints",
-                      "events": f"{str(request.base_url).rstrip('/')}/v1/events?"
-                                f"execution_id={ex.id}"}}
+    links = {"self": base, "checkpoints": f"{base}/checkpoints",
+             "events": f"{str(request.base_url).rstrip('/')}/v1/events?execution_id={ex.id}"}
+    if ex.workspace:
+        links["files"] = f"{base}/files"
+    return {"execution": ex.to_dict(), "links": links}
 
 
 def run_in_cluster(ctx: Api, action: str, execution_id: str, **options: Any) -> None:
@@ -57,7 +67,7 @@ def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
     check_nodes(workflow, body.break_after, "break_after")
     ex = ctx.bench.create(workflow, body.input, variants=body.variants,
                           break_before=body.break_before, break_after=body.break_after,
-                          labels=body.labels)
+                          labels=body.labels, workspace=body.workspace or None)
     run_in_cluster(ctx, "start", ex.id)
     return view(request, ex)
 
@@ -88,6 +98,22 @@ def checkpoints(ctx: Ctx, execution_id: IdPath) -> dict[str, Any]:
     on_branch = branch_ids(ex.head_checkpoint_id, {c.id: c for c in items})
     return {"execution_id": ex.id, "head": ex.head_checkpoint_id,
             "checkpoints": [{**c.to_dict(), "on_branch": c.id in on_branch} for c in items]}
+
+
+@router.get("/{execution_id}/files")
+def files(ctx: Ctx, execution_id: IdPath, at: RowIdQuery = None) -> dict[str, Any]:
+    """The workspace files recorded at checkpoint ``at`` (default: the head), as `wtb files
+    --json` prints them."""
+    ex = ctx.bench.get(execution_id)
+    checkpoint = ex.head_checkpoint_id if at is None else at
+    try:
+        items = ctx.bench.files(ex.id, checkpoint)
+    except InvalidInput as exc:
+        if not ex.workspace:  # about the execution, not a field of the request
+            raise
+        raise BadField("at", str(exc)) from None  # a checkpoint of another execution
+    return {"execution_id": ex.id, "checkpoint_id": checkpoint,
+            "workspace": ex.workspace["path"], "files": items}
 
 
 @router.post("/{execution_id}/pause")

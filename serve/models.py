@@ -26,6 +26,8 @@ MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 # Batch and execution ids as they appear in a path: anything else cannot name a row.
 IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]
+# A checkpoint id in a query string (?at=, ?a=, ?b=).
+RowIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
 # An id in a query string (batch_id=, execution_id=): ids are letters and digits.
 IdQuery = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
 
@@ -70,6 +72,9 @@ class ExecutionIn(Strict):
     break_before: list[Name] = Field(default_factory=list, max_length=100)
     break_after: list[Name] = Field(default_factory=list, max_length=100)
     labels: dict[Name, Text] = Field(default_factory=dict, max_length=50)
+    # A directory of files for the run, made by the server under its WTB_HOME (never a path
+    # the request names: that would let a client choose where the server writes).
+    workspace: bool = False
 
 
 class ResumeIn(Strict):

@@ -59,7 +59,8 @@ def api(request, serve_port, tmp_path_factory):
         executor_idle_seconds=0,
         orchestrator_name=f"wtb-orchestrator-{uuid.uuid4().hex[:8]}",
         workflows={"astro-qa": "wtb_ray.examples.rag:workflow",
-                   "chain": "tests.workflows:chain", "failing": "tests.workflows:failing"})
+                   "chain": "tests.workflows:chain", "failing": "tests.workflows:failing",
+                   "files": "tests.side_effects:files"})
     name = f"wtb-{backend}-{uuid.uuid4().hex[:6]}"
     deploy(settings, name=name, route_prefix=f"/{name}")
     base = f"http://127.0.0.1:{serve_port}/{name}"

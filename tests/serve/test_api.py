@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import side_effects
 from tests.conftest import ROOT
 
 BATCH = {
@@ -88,7 +90,7 @@ def test_every_other_route_needs_the_bearer_token(api):
                 assert response.status_code == 401, (method, path, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
                 checked += 1
-    assert checked == 3 * 17  # 5 batch, 9 execution, events, workflows, metrics
+    assert checked == 3 * 19  # 5 batch, 10 execution, diff, events, workflows, metrics
 
 
 def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api):
@@ -174,6 +176,75 @@ def test_pause_resume_rollback_and_fork_over_http(api):
     first = api.client.get("/v1/executions", params={"limit": 1}).json()
     assert first["executions"][0]["id"] == ids[0] and first["next"].endswith("offset=1")
     assert api.client.post("/v1/batches/nope/cancel").status_code == 404
+
+
+def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
+    """A run with a workspace the server makes (a request never names a directory): its
+    files at each checkpoint, a diff of two, and a rollback that puts the files back."""
+    refused = api.client.post("/v1/executions", json={"workflow": "files", "workspace": "/etc"})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "workspace"
+    started = api.client.post("/v1/executions", json={"workflow": "files", "workspace": True})
+    assert started.status_code == 202, started.text
+    ex_id = started.json()["execution"]["id"]
+    assert started.json()["links"]["files"].endswith(f"/v1/executions/{ex_id}/files")
+    done = api.wait_for(f"/v1/executions/{ex_id}",
+                        lambda b: b["execution"]["status"] in ("completed", "failed"))
+    assert done["execution"]["status"] == "completed", done["execution"]
+    ws = Path(done["execution"]["workspace"]["path"])
+    assert ws == api.settings.home / "workspaces" / ex_id
+
+    head = api.client.get(f"/v1/executions/{ex_id}/files")
+    assert head.status_code == 200, head.text
+    listed = {f["path"]: f for f in head.json()["files"]}
+    assert head.json()["workspace"] == str(ws)
+    assert sorted(listed) == ["data", "data/small.json", "empty", "latest", "new.txt",
+                              "run.sh", "scratch.log"]
+    assert listed["latest"] == {"path": "latest", "type": "symlink", "target": "data/small.json"}
+    assert listed["data/small.json"]["mode"] == "0o600"
+
+    tree = api.client.get(f"/v1/executions/{ex_id}/checkpoints").json()["checkpoints"]
+    after_create = next(c["id"] for c in tree if c["node"] == "create")
+    at_create = api.client.get(f"/v1/executions/{ex_id}/files", params={"at": after_create})
+    sizes = {f["path"]: f.get("size") for f in at_create.json()["files"]}
+    assert sizes["data/big.bin"] == side_effects.BIG and sizes["notes.txt"] == 14
+    assert "new.txt" not in sizes
+
+    diff = api.client.get("/v1/diff", params={"a": after_create, "b": head.json()[
+        "checkpoint_id"]})
+    assert diff.status_code == 200, diff.text
+    body = diff.json()
+    assert body["state"]["added"] == {"modified": True, "deleted": True}
+    added = {f["path"]: f["type"] for f in body["files"]["added"]}  # an empty dir shows
+    removed = {f["path"]: f["type"] for f in body["files"]["removed"]}
+    assert added == {"new.txt": "file", "empty": "file"}  # a file where a directory was
+    assert removed == {"data/big.bin": "file", "notes.txt": "file", "empty": "dir"}
+    changed = {f["path"]: f for f in body["files"]["changed"]}
+    assert sorted(changed) == ["data/small.json", "latest"]
+    assert changed["data/small.json"]["a"]["mode"] == "0o644"
+    assert changed["latest"]["b"]["target"] == "data/small.json"
+
+    rolled = api.client.post(f"/v1/executions/{ex_id}/rollback", json={"to": after_create})
+    assert rolled.status_code == 200, rolled.text
+    assert (ws / "notes.txt").read_text() == "line 1\nline 2\n"
+    assert (ws / "data" / "big.bin").stat().st_size == side_effects.BIG
+    assert not (ws / "new.txt").exists() and (ws / "empty").is_dir()
+
+    # Bad input names what was wrong.
+    other = api.client.post("/v1/executions", json={"workflow": "chain", "input": {"seed": 1}})
+    other_id = other.json()["execution"]["id"]
+    other_head = api.wait_for(f"/v1/executions/{other_id}",
+                              lambda b: b["execution"]["status"] == "completed")
+    foreign = api.client.get(f"/v1/executions/{ex_id}/files",
+                             params={"at": other_head["execution"]["head_checkpoint_id"]})
+    assert foreign.status_code == 422 and foreign.json()["error"]["field"] == "at"
+    no_workspace = api.client.get(f"/v1/executions/{other_id}/files")
+    assert no_workspace.status_code == 422
+    assert "has no workspace" in no_workspace.json()["error"]["message"]
+    assert api.client.get(f"/v1/executions/{ex_id}/files",
+                          params={"at": 0}).json()["error"]["field"] == "at"
+    assert api.client.get("/v1/diff", params={"a": after_create}).json()["error"]["field"] == "b"
+    missing = api.client.get("/v1/diff", params={"a": after_create, "b": 2**62})
+    assert missing.status_code == 404, missing.text
 
 
 def test_metrics_parse_and_their_counters_move(api):

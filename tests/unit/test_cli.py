@@ -189,6 +189,10 @@ def test_files_and_diff_of_a_workspace_run(cli, tmp_path):
     assert "~ file data/small.json  (mode 0o644 -> 0o600)" in lines
     assert "~ file latest  (target notes.txt -> data/small.json)" in lines
     assert "+ state modified = true" in lines
+    # The last node removed the empty directory and made a file of that name.
+    last = cli("diff", str(after_modify), str(tree[3]["id"])).stdout.splitlines()
+    assert {"- dir empty/", "+ file empty", "- file notes.txt", "- file data/big.bin"} <= set(
+        last)
     assert f"  workspace {ws} (ignoring *.log)" in cli("show", run["id"]).stdout.splitlines()
     assert "data/big.bin" in cli("files", run["id"], "--at", str(after_create)).stdout
 

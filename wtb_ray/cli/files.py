@@ -55,10 +55,10 @@ def _print_diff(result: dict[str, Any]) -> None:
             continue
         out.print(f"~ state {key}: {a} -> {b}" if one_line
                   else f"~ state {key}\n  {a}\n  -> {b}", markup=False, highlight=False)
-    for item in changes["added"]:
-        out.print(f"+ file {item['path']}", markup=False, highlight=False)
-    for item in changes["removed"]:
-        out.print(f"- file {item['path']}", markup=False, highlight=False)
+    for sign, items in (("+", changes["added"]), ("-", changes["removed"])):
+        for item in items:  # a directory shows only when empty (tree.TreeReader.diff)
+            name = f"dir {item['path']}/" if item["type"] == "dir" else f"file {item['path']}"
+            out.print(f"{sign} {name}", markup=False, highlight=False)
     for item in changes["changed"]:
         if item["diff"]:
             a, b = item["a"], item["b"]

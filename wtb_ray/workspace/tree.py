@@ -138,7 +138,9 @@ class TreeReader:
 
     def diff(self, a: str | None, b: str | None, prefix: str = ""
              ) -> Iterator[tuple[str, list[Any] | None, list[Any] | None]]:
-        """(path, entry in a, entry in b) for every non-directory path that differs."""
+        """(path, entry in a, entry in b) for every non-directory path that differs, and
+        for an empty directory that is on one side only (recorded like a file: without it
+        a directory made or removed with nothing in it would not show)."""
         a, b = a or EMPTY_TREE, b or EMPTY_TREE
         if a == b:
             return
@@ -153,5 +155,9 @@ class TreeReader:
             if x_dir or y_dir:
                 yield from self.diff(x[1] if x_dir else None, y[1] if y_dir else None,
                                      path + "/")
+                if x_dir and not y_dir and x[1] == EMPTY_TREE:
+                    yield path, x, None
+                if y_dir and not x_dir and y[1] == EMPTY_TREE:
+                    yield path, None, y
             if (x is not None and not x_dir) or (y is not None and not y_dir):
                 yield path, None if x_dir else x, None if y_dir else y
