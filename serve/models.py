@@ -11,9 +11,11 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from wtb_ray.batch.spec import Evaluator, NoNul
+from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.workspace.ignore import IgnoreRules
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=f"^{NAME.pattern}$")]
@@ -30,6 +32,18 @@ IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_
 RowIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
 # An id in a query string (batch_id=, execution_id=): ids are letters and digits.
 IdQuery = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
+
+
+def _ignore_pattern(value: str) -> str:
+    try:
+        IgnoreRules([value])
+    except InvalidInput as exc:  # as a validation error, so the answer names the item
+        raise ValueError(str(exc)) from None
+    return value
+
+
+IgnorePattern = Annotated[str, Field(min_length=1, max_length=200), NoNul,
+                          AfterValidator(_ignore_pattern)]
 
 
 class Strict(BaseModel):
@@ -75,6 +89,7 @@ class ExecutionIn(Strict):
     # A directory of files for the run, made by the server under its WTB_HOME (never a path
     # the request names: that would let a client choose where the server writes).
     workspace: bool = False
+    workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
 
 
 class ResumeIn(Strict):

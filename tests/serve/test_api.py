@@ -183,8 +183,15 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     files at each checkpoint, a diff of two, and a rollback that puts the files back."""
     refused = api.client.post("/v1/executions", json={"workflow": "files", "workspace": "/etc"})
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "workspace"
-    started = api.client.post("/v1/executions", json={"workflow": "files", "workspace": True})
+    for body, field in (({"workspace_ignore": ["*.log"]}, "workspace_ignore"),
+                        ({"workspace": True, "workspace_ignore": ["*.tmp", "!keep"]},
+                         "workspace_ignore[1]")):
+        refused = api.client.post("/v1/executions", json={"workflow": "files", **body})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == field
+    started = api.client.post("/v1/executions", json={"workflow": "files", "workspace": True,
+                                                       "workspace_ignore": ["*.log"]})
     assert started.status_code == 202, started.text
+    assert started.json()["execution"]["workspace"]["ignore"] == ["*.log"]
     ex_id = started.json()["execution"]["id"]
     assert started.json()["links"]["files"].endswith(f"/v1/executions/{ex_id}/files")
     done = api.wait_for(f"/v1/executions/{ex_id}",
@@ -198,7 +205,8 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     listed = {f["path"]: f for f in head.json()["files"]}
     assert head.json()["workspace"] == str(ws)
     assert sorted(listed) == ["data", "data/small.json", "empty", "latest", "new.txt",
-                              "run.sh", "scratch.log"]
+                              "run.sh"]  # scratch.log ignored
+    assert (ws / "scratch.log").exists()
     assert listed["latest"] == {"path": "latest", "type": "symlink", "target": "data/small.json"}
     assert listed["data/small.json"]["mode"] == "0o600"
 
