@@ -56,7 +56,7 @@ def list_batches(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offset =
                  status: Annotated[BatchStatus | None, Query()] = None) -> dict[str, Any]:
     page = ctx.batches.batches.page(status=status, limit=limit, offset=offset)
     return {"batches": [b.to_dict() for b in page], "limit": limit, "offset": offset,
-            "next": next_page(request, len(page), limit, offset)}
+            "next": next_page(request.url, len(page), limit, offset)}
 
 
 @router.get("/{batch_id}")
@@ -73,7 +73,7 @@ def results(ctx: Ctx, batch_id: IdPath, request: Request, limit: Limit = 100,
     return {"batch": batch.to_dict(),
             "leaderboard": [r.to_dict() for r in ctx.batches.leaderboard(batch_id)],
             "cells": cells, "limit": limit, "offset": offset,
-            "next": next_page(request, len(cells), limit, offset)}
+            "next": next_page(request.url, len(cells), limit, offset)}
 
 
 @router.post("/{batch_id}/cancel", status_code=202)

@@ -20,7 +20,7 @@ from serve.models import (
     RollbackIn,
     RowIdQuery,
 )
-from serve.paging import Limit, Offset, next_page
+from serve.paging import Limit, Offset, PathsLimit, next_page
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.engine.lease import lease_is_dead
@@ -84,7 +84,7 @@ def list_executions(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offse
     page = ctx.bench.store.executions(status=status.value if status else None,
                                       batch_id=batch_id, limit=limit, offset=offset)
     return {"executions": [ex.to_dict() for ex in page], "limit": limit, "offset": offset,
-            "next": next_page(request, len(page), limit, offset)}
+            "next": next_page(request.url, len(page), limit, offset)}
 
 
 @router.get("/{execution_id}")
@@ -104,19 +104,23 @@ def checkpoints(ctx: Ctx, execution_id: IdPath) -> dict[str, Any]:
 
 
 @router.get("/{execution_id}/files")
-def files(ctx: Ctx, execution_id: IdPath, at: RowIdQuery = None) -> dict[str, Any]:
+def files(ctx: Ctx, execution_id: IdPath, request: Request, at: RowIdQuery = None,
+          limit: PathsLimit = 1000, offset: Offset = 0) -> dict[str, Any]:
     """The workspace files recorded at checkpoint ``at`` (default: the head), as `wtb files
-    --json` prints them."""
+    --json` prints them, a page at a time (parents before their contents, names sorted)."""
     ex = ctx.bench.get(execution_id)
     checkpoint = ex.head_checkpoint_id if at is None else at
     try:
-        items = ctx.bench.files(ex.id, checkpoint)
+        items = ctx.bench.files(ex.id, checkpoint, offset=offset, limit=limit)
     except InvalidInput as exc:
         if not ex.workspace:  # about the execution, not a field of the request
             raise
         raise BadField("at", str(exc)) from None  # a checkpoint of another execution
     return {"execution_id": ex.id, "checkpoint_id": checkpoint,
-            "workspace": ex.workspace["path"], "files": items}
+            "workspace": ex.workspace["path"], "files": items, "limit": limit, "offset": offset,
+            # The next page names the checkpoint: the head may move in between.
+            "next": next_page(request.url.include_query_params(at=checkpoint), len(items),
+                              limit, offset)}
 
 
 @router.post("/{execution_id}/pause")

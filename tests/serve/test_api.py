@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -209,6 +210,11 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     assert (ws / "scratch.log").exists()
     assert listed["latest"] == {"path": "latest", "type": "symlink", "target": "data/small.json"}
     assert listed["data/small.json"]["mode"] == "0o600"
+    assert head.json()["next"] is None
+    first = api.client.get(f"/v1/executions/{ex_id}/files", params={"limit": 4}).json()
+    rest = httpx.get(first["next"], headers=api.client.headers).json()  # names the checkpoint
+    assert f"at={head.json()['checkpoint_id']}" in first["next"] and rest["next"] is None
+    assert first["files"] + rest["files"] == head.json()["files"]
 
     tree = api.client.get(f"/v1/executions/{ex_id}/checkpoints").json()["checkpoints"]
     after_create = next(c["id"] for c in tree if c["node"] == "create")

@@ -206,13 +206,15 @@ class Bench:
         self.store.execution(execution_id)
         return self.store.checkpoints(execution_id)
 
-    def files(self, execution_id: str, checkpoint_id: int | None = None) -> list[dict[str, Any]]:
-        """The workspace files at a checkpoint of the execution (default: its head)."""
+    def files(self, execution_id: str, checkpoint_id: int | None = None, *, offset: int = 0,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """The workspace files at a checkpoint of the execution (default: its head); a page
+        of them with ``offset`` / ``limit``."""
         ex = self.store.execution(execution_id)
         if not ex.workspace:
             raise InvalidInput(f"execution {ex.id} has no workspace")
         target = ex.head_checkpoint_id if checkpoint_id is None else checkpoint_id
-        return diff.files(self.store, self._own_checkpoint(ex, target))
+        return diff.files(self.store, self._own_checkpoint(ex, target), offset, limit)
 
     def diff(self, checkpoint_a: int, checkpoint_b: int) -> dict[str, Any]:
         """State keys and workspace files that differ between two checkpoints (of any

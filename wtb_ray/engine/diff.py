@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 from typing import Any
 
@@ -24,10 +25,15 @@ def describe(path: str, entry: list[Any]) -> dict[str, Any]:
     return {"path": path, "type": "dir"}
 
 
-def files(store: Any, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+def files(store: Any, checkpoint: Checkpoint, offset: int = 0,
+          limit: int | None = None) -> list[dict[str, Any]]:
+    """The checkpoint's paths in walk order (parents first, names sorted); ``offset`` and
+    ``limit`` take a page of them without describing the rest."""
     if checkpoint.workspace_tree is None:
         return []
-    return [describe(p, e) for p, e in TreeReader(store).walk(checkpoint.workspace_tree)]
+    stop = None if limit is None else offset + limit
+    walk = TreeReader(store).walk(checkpoint.workspace_tree)
+    return [describe(p, e) for p, e in itertools.islice(walk, offset, stop)]
 
 
 def _text(value: Any) -> list[str]:
