@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         description="Bearer token every route but /healthz requires. Unset on a loopback "
                     "host: one is generated into <home>/api_token. Required on any other host.")
     workflows: dict[str, str] = Field(
-        default_factory=lambda: {"astro-qa": "wtb_ray.examples.rag:workflow"},
+        default_factory=lambda: {"astro-qa": "wtb_ray.examples.rag:workflow",
+                                 "astro-report": "wtb_ray.examples.report:workflow"},
         description="The workflows the HTTP API may run: name -> package.module:attr (JSON). "
                     "A request names one of these; it never names code to import.")
     api_max_body_bytes: int = Field(default=1 << 20, gt=0,

@@ -115,7 +115,7 @@ def test_serve_config_deploys_with_serve_deploy_and_runs_with_serve_run(head, tm
     deployed = subprocess.run(["serve", "deploy", str(config), "-a", head["WTB_RAY_DASHBOARD"]],
                               env=head, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
-    assert [w["name"] for w in answers(port, token)["workflows"]] == ["astro-qa"]
+    assert [w["name"] for w in answers(port, token)["workflows"]] == ["astro-qa", "astro-report"]
     subprocess.run(["serve", "shutdown", "-a", head["WTB_RAY_DASHBOARD"], "-y"], env=head,
                    check=True, capture_output=True, timeout=120)
 
@@ -123,7 +123,8 @@ def test_serve_config_deploys_with_serve_deploy_and_runs_with_serve_run(head, tm
     running = subprocess.Popen(["serve", "run", str(config)], env=head, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert [w["name"] for w in answers(port, token)["workflows"]] == ["astro-qa"]
+        listed = answers(port, token)["workflows"]
+        assert [w["name"] for w in listed] == ["astro-qa", "astro-report"]
     finally:
         running.terminate()
         running.wait(timeout=60)

@@ -72,7 +72,7 @@ def test_wtb_serve_on_loopback_generates_a_private_token_and_serves(tmp_path):
         url = f"http://127.0.0.1:{port}/v1/workflows"
         assert httpx.get(url, timeout=10).status_code == 401
         listed = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert [w["name"] for w in listed.json()["workflows"]] == ["astro-qa"]
+        assert [w["name"] for w in listed.json()["workflows"]] == ["astro-qa", "astro-report"]
     finally:
         printed = _stop(server)
     assert server.returncode == 0, printed[-2000:]
