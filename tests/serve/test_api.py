@@ -1,5 +1,5 @@
 """The HTTP API end to end, over real HTTP: batches with their event stream, execution
-control, authentication, metrics."""
+control, workspace files and diffs, authentication, metrics."""
 
 from __future__ import annotations
 
@@ -228,9 +228,10 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     assert diff.status_code == 200, diff.text
     body = diff.json()
     assert body["state"]["added"] == {"modified": True, "deleted": True}
-    added = {f["path"]: f["type"] for f in body["files"]["added"]}  # an empty dir shows
+    added = {f["path"]: f["type"] for f in body["files"]["added"]}
     removed = {f["path"]: f["type"] for f in body["files"]["removed"]}
-    assert added == {"new.txt": "file", "empty": "file"}  # a file where a directory was
+    # "empty": an empty directory then, a file of that name now; both show.
+    assert added == {"new.txt": "file", "empty": "file"}
     assert removed == {"data/big.bin": "file", "notes.txt": "file", "empty": "dir"}
     changed = {f["path"]: f for f in body["files"]["changed"]}
     assert sorted(changed) == ["data/small.json", "latest"]

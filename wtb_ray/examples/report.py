@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 from wtb_ray import END, Node, Variant, Workflow
@@ -24,7 +25,7 @@ from wtb_ray.examples.rag import corpus
 MAX_SOURCES = 5
 
 
-def _workspace(ctx: Any):
+def _workspace(ctx: Any) -> Path:
     if ctx.workspace is None:
         raise ValueError("this workflow writes files: run it with a workspace "
                          "(wtb run ... --workspace DIR, or workspace=True)")
