@@ -19,5 +19,6 @@ CheckpointId = Annotated[int, Query(ge=1, le=MAX_ROW_ID)]
 def diff(ctx: Ctx, a: CheckpointId, b: CheckpointId) -> dict[str, Any]:
     """Checkpoint ``a`` against ``b``: state keys added, removed and changed (with a unified
     diff for text), and files added, removed and changed (with a unified diff for text files
-    up to 256 KiB)."""
+    up to 256 KiB, while 8 MiB of them have been read; the rest are marked
+    ``diff_left_out`` and counted in ``text_diffs_left_out``)."""
     return ctx.bench.diff(a, b)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, guarded, open_bench, out
+from wtb_ray.engine.diff import TEXT_DIFF_TOTAL
 
 
 @app.command()
@@ -66,8 +67,12 @@ def _print_diff(result: dict[str, Any]) -> None:
             out.print(f"~ file {item['path']}{mode}", markup=False, highlight=False)
             out.print(item["diff"], markup=False, highlight=False, end="")
         else:  # binary, too large for a text diff, or only its mode or type changed
-            out.print(f"~ file {item['path']}  ({_what_changed(item['a'], item['b'])})",
+            out.print(f"~ file {item['path']}  ({_what_changed(item)})",
                       markup=False, highlight=False)
+    if result["text_diffs_left_out"]:
+        out.print(f"({result['text_diffs_left_out']} changed file(s) shown without a text diff: "
+                  f"a diff reads at most {TEXT_DIFF_TOTAL >> 20} MiB of changed files)",
+                  highlight=False)
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -76,17 +81,19 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _what_changed(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """What differs between two descriptions of a path (engine.diff.describe) with no text
-    diff to show."""
+def _what_changed(item: dict[str, Any]) -> str:
+    """What differs between the two descriptions of a changed path (engine.diff.describe)
+    with no text diff to show."""
+    a, b = item["a"], item["b"]
     if a["type"] != b["type"]:
         return f"{a['type']} -> {b['type']}"
     if a["type"] == "symlink":
         return f"target {a['target']} -> {b['target']}"
     parts = []
     if a.get("hash") != b.get("hash"):
-        parts.append(f"content: {a['size']} -> {b['size']} bytes, no text diff "
-                     "(binary or too large)")
+        why = ("past the diff's text limit" if item.get("diff_left_out")
+               else "binary or too large")
+        parts.append(f"content: {a['size']} -> {b['size']} bytes, no text diff ({why})")
     if a.get("mode") != b.get("mode"):
         parts.append(f"mode {a['mode']} -> {b['mode']}")
     return "; ".join(parts)
