@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,20 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Rich lays tables out in 80 columns when the output is no terminal (a pipe, a file, a Ray
+# job's log), folding a leaderboard's cells over three lines each; there, unless COLUMNS says
+# otherwise, a table is as wide as its content, up to PIPE_WIDTH.
+PIPE_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (stream is not None and stream.isatty()) and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, soft_wrap=True, width=PIPE_WIDTH if piped else None)
+
+
+out = _console()
+err = _console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DbOpt = Annotated[str | None, typer.Option(
