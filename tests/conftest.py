@@ -32,6 +32,17 @@ PG_PORT = int(os.environ.get("PGPORT", "5432"))
 BACKENDS = ("sqlite", "postgres", "pgbouncer")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wtb_home(tmp_path_factory):
+    """WTB_HOME for the whole session (this process, the `wtb` processes and Ray workers it
+    starts): what tests make there, such as the directories of workspace=True runs and
+    forks, stays out of the user's ~/.wtb."""
+    home = tmp_path_factory.mktemp("wtb-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WTB_HOME", str(home))
+        yield home
+
+
 def free_port() -> int:
     """A free port between Ray's worker ports (10002-19999) and the kernel's ephemeral range
     (32768 up): a port the kernel picked for us is soon handed to some outgoing connection,
