@@ -254,3 +254,28 @@ def test_the_installed_command_imports_workflows_from_the_directory_it_runs_in(t
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["execution"]["status"] == "completed"
+
+
+def test_a_table_piped_keeps_each_row_on_one_line_unless_columns_says_otherwise(cli, tmp_path,
+                                                                                 sqlite_url):
+    """Off a terminal (a pipe, a file, a Ray job's log) Rich would fold tables into 80
+    columns; there a row stays whole, unless COLUMNS asks for a width."""
+    origin = as_json(cli("run", "wtb_ray.examples.report:workflow", "--workspace",
+                         str(tmp_path / "ws"), "--json"))["execution"]
+    fork = as_json(cli("fork", origin["id"], "--at", "2", "--workspace",
+                       str(tmp_path / "fork-ws"), "--json"))["execution"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update(WTB_HOME=str(tmp_path / "home"), WTB_DATABASE_URL=sqlite_url)
+
+    def listing(**extra):
+        result = subprocess.run([sys.executable, "-m", "wtb_ray.cli", "list"],
+                                env={**env, **extra}, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    row = next(line for line in listing() if line.startswith(fork["id"]))
+    assert len(row) > 80 and "astro-report" in row and f"{origin['id']} @2" in row
+    narrow = listing(COLUMNS="80")
+    assert all(len(line) <= 80 for line in narrow)
+    assert not any(f"{origin['id']} @2" in line for line in narrow)  # folded there
