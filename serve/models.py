@@ -11,11 +11,10 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from wtb_ray.batch.spec import Evaluator, NoNul
-from wtb_ray.domain.errors import InvalidInput
-from wtb_ray.workspace.ignore import IgnoreRules
+from wtb_ray.batch.fields import IgnorePattern, NoNul
+from wtb_ray.batch.spec import Evaluator
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=f"^{NAME.pattern}$")]
@@ -32,18 +31,6 @@ IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_
 RowIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
 # An id in a query string (batch_id=, execution_id=): ids are letters and digits.
 IdQuery = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
-
-
-def _ignore_pattern(value: str) -> str:
-    try:
-        IgnoreRules([value])
-    except InvalidInput as exc:  # as a validation error, so the answer names the item
-        raise ValueError(str(exc)) from None
-    return value
-
-
-IgnorePattern = Annotated[str, Field(min_length=1, max_length=200), NoNul,
-                          AfterValidator(_ignore_pattern)]
 
 
 class Strict(BaseModel):
@@ -77,6 +64,8 @@ class BatchIn(Strict):
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     max_attempts: int = Field(default=3, ge=1, le=20)
     chunk_size: int = Field(default=16, ge=1, le=1000)
+    workspace: bool = False  # a directory the server makes for each cell (see ExecutionIn)
+    workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
 
 
 class ExecutionIn(Strict):

@@ -71,7 +71,7 @@ class BatchService:
         if batch_id is not None:
             batch.id = batch_id
         self.batches.create(batch, spec.webhook.model_dump() if spec.webhook else None)
-        self._create_cells(batch.id, wf, cells)  # all of them: the batch is new
+        self._create_cells(batch.id, wf, spec, cells)  # all of them: the batch is new
         return batch
 
     def materialize(self, batch: Batch) -> int:
@@ -79,12 +79,15 @@ class BatchService:
         spec = self.spec(batch)
         have = {(c["combo"], c["case"], c["repeat"]) for c in self.batches.cells(batch.id)}
         missing = [c for c in plan_cells(spec) if (c.combo, c.case.id, c.repeat) not in have]
-        return self._create_cells(batch.id, load_workflow(spec.workflow), missing)
+        return self._create_cells(batch.id, load_workflow(spec.workflow), spec, missing)
 
-    def _create_cells(self, batch_id: str, wf: Workflow, cells: list[Cell]) -> int:
+    def _create_cells(self, batch_id: str, wf: Workflow, spec: BatchSpec,
+                      cells: list[Cell]) -> int:
+        workspace = {"workspace": True, "workspace_ignore": spec.workspace_ignore} if (
+            spec.workspace) else {}
         group.create_many(self.bench, wf, [
             {"input": c.case.input, "variants": c.choice, "labels": c.labels(),
-             "batch_id": batch_id} for c in cells])
+             "batch_id": batch_id, **workspace} for c in cells])
         return len(cells)
 
     def spec(self, batch: Batch | str) -> BatchSpec:

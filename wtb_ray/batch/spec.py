@@ -14,6 +14,8 @@ runs; an error names the field path and the reason.
     timeout_s: 120
     max_attempts: 3
     webhook: {url: "https://ci.example.com/wtb", secret: "...", events: ["batch.*"]}
+    workspace: true             # each cell's files follow its checkpoints (ctx.workspace)
+    workspace_ignore: ["*.log"]
 """
 
 from __future__ import annotations
@@ -24,47 +26,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import regex
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from wtb_ray.batch.fields import IgnorePattern, NoNul, Strict, check_pattern
 from wtb_ray.domain.errors import InvalidInput
 
 MAX_CASES = 100_000
 MAX_CELLS = 200_000
 _ENV_KEYS = {"env_vars", "pip", "uv", "working_dir", "py_modules", "conda", "container",
              "excludes", "config"}
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL: refuse it here, naming the field, not at insert time.
-    if "\x00" in value:
-        raise ValueError("must not contain a NUL character (\\x00)")
-    return value
-
-
-NoNul = AfterValidator(_no_nul)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def check_pattern(value: str) -> None:
-    """Raise ValueError unless ``value`` compiles (with the ``regex`` library, which the
-    regex evaluator runs with a time limit)."""
-    try:
-        regex.compile(value)
-    except regex.error as exc:
-        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
 
 
 class Case(Strict):
@@ -157,6 +128,17 @@ class BatchSpec(Strict):
     max_attempts: int = Field(default=3, ge=1, le=100)
     chunk_size: int = Field(default=16, ge=1, le=1000)
     webhook: Webhook | None = None
+    # Each cell gets a directory of its own under WTB_HOME/workspaces/<execution id> (never a
+    # path: cells must not share one), recorded at its every checkpoint.
+    workspace: bool = False
+    workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
+
+    @field_validator("workspace_ignore")
+    @classmethod
+    def _ignore_needs_workspace(cls, value: list[str], info: ValidationInfo):
+        if value and not info.data.get("workspace"):
+            raise ValueError("ignore patterns need workspace: true")
+        return value
 
     @field_validator("variants")
     @classmethod

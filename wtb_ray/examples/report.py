@@ -27,8 +27,8 @@ MAX_SOURCES = 5
 
 def _workspace(ctx: Any) -> Path:
     if ctx.workspace is None:
-        raise ValueError("this workflow writes files: run it with a workspace "
-                         "(wtb run ... --workspace DIR, or workspace=True)")
+        raise ValueError("this workflow writes files: run it with a workspace (wtb run ... "
+                         "--workspace DIR, workspace=True, or workspace: true in a batch)")
     return ctx.workspace
 
 
