@@ -12,9 +12,12 @@ from wtb_ray.batch.spec import parse_spec
 from wtb_ray.domain.errors import InvalidInput
 
 
-def notes_spec(markers: Path, **extra):
+def notes_spec(markers: Path, hold: str | None = None, **extra):
+    """3 cases x 2 variants of the last node; case c1 fails once after writing, and case
+    ``hold`` waits inside its first attempt (see tests/workspace_batch.py)."""
     cases = [{"id": f"c{i}", "input": {"case": f"c{i}", "markers": str(markers),
-                                        "fail_once": i == 1}} for i in range(3)]
+                                        "fail_once": i == 1, "hold": f"c{i}" == hold}}
+             for i in range(3)]
     return parse_spec({"workflow": "tests.workspace_batch:workflow",
                        "variants": {"finish": ["default", "loud"]}, "cases": cases,
                        "chunk_size": 2, "workspace": True, "workspace_ignore": ["*.tmp"],
