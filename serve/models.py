@@ -11,9 +11,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from wtb_ray.batch.fields import IgnorePattern, NoNul
+from wtb_ray.batch.fields import IgnorePattern, NoNul, Strict
 from wtb_ray.batch.spec import Evaluator
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -31,10 +31,6 @@ IdPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_
 RowIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
 # An id in a query string (batch_id=, execution_id=): ids are letters and digits.
 IdQuery = Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9]+$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class CaseIn(Strict):
