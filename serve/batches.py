@@ -37,8 +37,6 @@ def submit(ctx: Ctx, body: BatchIn, request: Request) -> dict[str, Any]:
     answers before any cell runs."""
     if len(body.cases) > ctx.settings.api_max_cases:
         raise BadField("cases", f"at most {ctx.settings.api_max_cases} cases per batch")
-    if body.workspace_ignore and not body.workspace:
-        raise BadField("workspace_ignore", "ignore patterns need a workspace (workspace: true)")
     check_matrix(ctx.workflow(body.workflow), body.variants, body.combinations)
     spec = parse_spec({**body.model_dump(exclude_none=True),
                        "workflow": ctx.ref(body.workflow)})

@@ -65,8 +65,6 @@ def start(ctx: Ctx, body: ExecutionIn, request: Request) -> dict[str, Any]:
     check_choice(workflow, body.variants, "variants")
     check_nodes(workflow, body.break_before, "break_before")
     check_nodes(workflow, body.break_after, "break_after")
-    if body.workspace_ignore and not body.workspace:
-        raise BadField("workspace_ignore", "ignore patterns need a workspace (workspace: true)")
     ex = ctx.bench.create(workflow, body.input, variants=body.variants,
                           break_before=body.break_before, break_after=body.break_after,
                           labels=body.labels, workspace=body.workspace or None,

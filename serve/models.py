@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import Field, field_validator
 
-from wtb_ray.batch.fields import IgnorePattern, NoNul, Strict
+from wtb_ray.batch.fields import IgnorePattern, NoNul, Strict, ignore_needs_workspace
 from wtb_ray.batch.spec import Evaluator
 
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -62,6 +62,7 @@ class BatchIn(Strict):
     chunk_size: int = Field(default=16, ge=1, le=1000)
     workspace: bool = False  # a directory the server makes for each cell (see ExecutionIn)
     workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
+    _ignore_needs_workspace = field_validator("workspace_ignore")(ignore_needs_workspace)
 
 
 class ExecutionIn(Strict):
@@ -75,6 +76,7 @@ class ExecutionIn(Strict):
     # the request names: that would let a client choose where the server writes).
     workspace: bool = False
     workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
+    _ignore_needs_workspace = field_validator("workspace_ignore")(ignore_needs_workspace)
 
 
 class ResumeIn(Strict):

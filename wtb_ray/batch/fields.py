@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import regex
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 from wtb_ray.domain.errors import InvalidInput
 from wtb_ray.workspace.ignore import IgnoreRules
@@ -36,6 +36,14 @@ IgnorePattern = Annotated[str, Field(min_length=1, max_length=200), NoNul,
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def ignore_needs_workspace(value: list[str], info: ValidationInfo) -> list[str]:
+    """A field validator of ``workspace_ignore`` (declared after ``workspace``): patterns
+    without a workspace would be silently dropped, so they are refused."""
+    if value and not info.data.get("workspace"):
+        raise ValueError("ignore patterns need a workspace (workspace: true)")
+    return value
 
 
 def check_pattern(value: str) -> None:

@@ -27,9 +27,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from wtb_ray.batch.fields import IgnorePattern, NoNul, Strict, check_pattern
+from wtb_ray.batch.fields import (
+    IgnorePattern,
+    NoNul,
+    Strict,
+    check_pattern,
+    ignore_needs_workspace,
+)
 from wtb_ray.domain.errors import InvalidInput
 
 MAX_CASES = 100_000
@@ -133,12 +139,7 @@ class BatchSpec(Strict):
     workspace: bool = False
     workspace_ignore: list[IgnorePattern] = Field(default_factory=list, max_length=50)
 
-    @field_validator("workspace_ignore")
-    @classmethod
-    def _ignore_needs_workspace(cls, value: list[str], info: ValidationInfo):
-        if value and not info.data.get("workspace"):
-            raise ValueError("ignore patterns need workspace: true")
-        return value
+    _ignore_needs_workspace = field_validator("workspace_ignore")(ignore_needs_workspace)
 
     @field_validator("variants")
     @classmethod
