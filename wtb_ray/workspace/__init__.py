@@ -20,13 +20,17 @@ from wtb_ray.workspace.ignore import RESERVED, IgnoreRules
 from wtb_ray.workspace.index import StatIndex
 from wtb_ray.workspace.restore import Restore
 from wtb_ray.workspace.snapshot import DirKeys, Snapshot, Trees
-from wtb_ray.workspace.tree import EMPTY_TREE, TreeReader
-from wtb_ray.workspace.uploader import Uploader
+from wtb_ray.workspace.tree import EMPTY_TREE, TreeOverlay, TreeReader
+from wtb_ray.workspace.uploader import DryRun, Uploader
 from wtb_ray.workspace.watch import Watch
 
 # A run's checkpoints save the stat index at most this often (it is also saved when the run
 # stops): a process killed mid-run then re-reads only what changed in its last seconds.
 INDEX_SAVE_S = 5.0
+# Made in WTB's own directory (RESERVED) when a restore into an existing directory begins,
+# removed when it ends: while it is there, what differs from a checkpoint is a failed or
+# killed restore's doing, not hand edits (engine/edits.py), and the next restore finishes it.
+RESTORING = "restoring"
 
 
 class Workspace:
@@ -109,6 +113,42 @@ class Workspace:
         self.last_examined = snap.examined
         return result
 
+    def restore_unfinished(self) -> bool:
+        """Whether a restore into the directory began and did not finish (see RESTORING)."""
+        return (self.path / RESERVED / RESTORING).exists()
+
+    def scan(self, against: str | None, record: bool = False
+             ) -> tuple[str, list[tuple[str, str]]]:
+        """What the directory holds now against the tree ``against`` (a checkpoint's: the
+        store holds every blob it reaches): (the tree it holds, [(path, "added" | "modified"
+        | "removed")] in path order). Files the stat index vouches for are not read. With
+        ``record`` the tree's new blobs are stored, as by ``snapshot``; else nothing is
+        written to the store, and a missing directory is not made."""
+        against = against or EMPTY_TREE
+        self.known.update(self.reader.blobs(against))  # what the index vouches for: not read
+        reader = self.reader
+        if record:
+            root = self.snapshot()
+        elif not self.path.is_dir():
+            root = EMPTY_TREE
+        else:
+            with collector.paused, self._naming_the_file("cannot be recorded"):
+                # Its trees are not stored: kept out of the store's tree cache and out of
+                # this object's memo of the last snapshot's directories.
+                snap = Snapshot(str(self.path), self.rules, self.index, DryRun(self.known),
+                                self.max_file_bytes, {}, None, {})
+                root, _ = snap.run()
+            self.save_index()
+            reader = TreeOverlay(self.store, {h: entries for entries, h in snap.trees.values()})
+        changes: list[tuple[str, str]] = []
+        for path, x, y in reader.diff(against, root):
+            if changes and changes[-1][0] == path:  # a file now an empty directory, or back
+                changes[-1] = (path, "modified")
+            else:
+                changes.append((path, "added" if x is None else "removed" if y is None
+                                else "modified"))
+        return root, changes
+
     @contextmanager
     def _naming_the_file(self, what: str) -> Iterator[None]:
         """A file system error (no space left, permission denied, a file where a directory
@@ -153,6 +193,8 @@ class Workspace:
         self.close()
         if watch and self.watching:
             self._watch = Watch.start(self.rules.ignored)
+        marker = self.path / RESERVED / RESTORING
+        marked = self.path.is_dir() and _made(marker)  # a new directory holds nothing to judge
         try:
             with collector.paused, self._naming_the_file("cannot be restored"):
                 job = Restore(str(self.path), self.rules, self.index, self.reader, self.store,
@@ -161,6 +203,8 @@ class Workspace:
         except BaseException:
             self.close()
             raise
+        if marked:
+            marker.unlink(missing_ok=True)
         if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
             self.known.update(job.reached)
         self._trees = job.trees  # the next snapshot re-encodes only the directories it changed
@@ -168,6 +212,16 @@ class Workspace:
         self._linked = job.linked
         if self._watch is not None and not self._watch.broken:
             self._watch.ready = True
+
+
+def _made(path: Path) -> bool:
+    """Create an empty file at ``path`` (and its directory); False if that failed."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    except OSError:
+        return False
+    return True
 
 
 __all__ = ["EMPTY_TREE", "IgnoreRules", "TreeReader", "Workspace"]

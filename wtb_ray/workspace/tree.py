@@ -161,3 +161,15 @@ class TreeReader:
                     yield path, None, y
             if (x is not None and not x_dir) or (y is not None and not y_dir):
                 yield path, None if x_dir else x, None if y_dir else y
+
+
+class TreeOverlay(TreeReader):
+    """A TreeReader that looks first in trees held here, not stored (a dry scan's)."""
+
+    def __init__(self, store: Any, local: dict[str, Entries]) -> None:
+        super().__init__(store)
+        self.local = local
+
+    def get(self, tree: str) -> Entries:
+        found = self.local.get(tree)
+        return found if found is not None else super().get(tree)

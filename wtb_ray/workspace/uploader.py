@@ -75,3 +75,17 @@ class Uploader:
         self.known.update(self.pending)
         self.pending.clear()
         self.size = 0
+
+
+class DryRun(Uploader):
+    """Stores nothing and keeps no bytes: for telling what a directory holds (its tree and
+    chunk hashes) without recording it. ``known`` is only read."""
+
+    def __init__(self, known: set[str]) -> None:
+        super().__init__(None, known)
+
+    def add(self, h: str, data: bytes) -> None:
+        self.pending[h] = b""
+
+    def flush(self) -> None:
+        self.pending.clear()
