@@ -23,6 +23,7 @@ from serve.models import (
 from serve.paging import Limit, Offset, PathsLimit, next_page
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
+from wtb_ray.engine import edits
 from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.state import as_state
 from wtb_ray.render import branch_ids
@@ -142,14 +143,17 @@ def resume(ctx: Ctx, execution_id: IdPath, body: ResumeIn, request: Request) -> 
         ex.check("resume")
     check_choice(ctx.bench.workflow_for(ex), body.variants, "variants")
     patch = as_state(body.patch, "patch") if body.patch is not None else None
-    run_in_cluster(ctx, "resume", ex.id, patch=patch, variants=body.variants)
+    if body.workspace_edits is None:  # refused here (409) rather than quietly on the cluster
+        edits.settle(ctx.bench, ex, "resume", None)
+    run_in_cluster(ctx, "resume", ex.id, patch=patch, variants=body.variants,
+                   workspace_edits=body.workspace_edits)
     return view(request, ex)
 
 
 @router.post("/{execution_id}/rollback")
 def rollback(ctx: Ctx, execution_id: IdPath, body: RollbackIn, request: Request) -> dict[str, Any]:
     try:
-        ex = ctx.bench.rollback(execution_id, body.to)
+        ex = ctx.bench.rollback(execution_id, body.to, workspace_edits=body.workspace_edits)
     except InvalidInput as exc:  # the target: a node that never ran, or not on this branch
         raise BadField("to", str(exc)) from None
     return {**view(request, ex), "state": ctx.bench.state(ex.id)}

@@ -82,11 +82,17 @@ class ExecutionIn(Strict):
 class ResumeIn(Strict):
     patch: dict[str, Any] | None = None
     variants: dict[Name, Name] = Field(default_factory=dict, max_length=100)
+    workspace_edits: Literal["keep", "discard"] | None = Field(
+        None, description="Hand edits to a paused run's workspace: go on from them (keep) or "
+                          "put back its head's files (discard). Without it they are refused.")
 
 
 class RollbackIn(Strict):
     to: int | str = Field(
         description="A checkpoint id, or a node name: the point just before it last ran.")
+    workspace_edits: Literal["discard"] | None = Field(
+        None, description="Hand edits to a paused or completed run's workspace: put back the "
+                          "target's files over them. Without it they are refused.")
 
     @field_validator("to")
     @classmethod

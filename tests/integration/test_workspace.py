@@ -81,9 +81,9 @@ def test_rollback_to_each_checkpoint_restores_the_workspace_exactly(make_bench, 
     cps = bench.checkpoints(ex.id)
     pictures[cps[0].id] = start
     assert len(pictures) == 4 and len({repr(sorted(p.items())) for p in pictures.values()}) == 4
-    (ws / "stray.txt").write_text("made after the run\n")
+    (ws / "stray.txt").write_text("made after the run\n")  # a hand edit: dropped when told
     for ckpt in [cps[2], cps[0], cps[3], cps[1], cps[3]]:  # back, further back, forward again
-        bench.rollback(ex.id, ckpt.id)
+        bench.rollback(ex.id, ckpt.id, workspace_edits="discard" if ckpt is cps[2] else None)
         assert tracked(picture(ws)) == tracked(pictures[ckpt.id])
         assert bench.get(ex.id).head_checkpoint_id == ckpt.id
     assert (ws / "scratch.log").read_text() == "ignored\n"  # ignored: never recorded nor touched
@@ -98,7 +98,7 @@ def test_resume_continues_from_the_head_files(make_bench, tmp_path):
     head = bench.get(ex.id).head_checkpoint_id
     (ws / "notes.txt").write_text("edited while paused\n")  # not part of any checkpoint
     (ws / "junk").mkdir()
-    done = bench.resume(ex.id)
+    done = bench.resume(ex.id, workspace_edits="discard")  # else refused: test_workspace_edits
     assert done.status is Status.COMPLETED
     bench.rollback(ex.id, head)
     assert picture(ws) == pictures[head]
@@ -140,7 +140,7 @@ def test_a_fork_gets_a_workspace_of_its_own(make_bench, tmp_path):
     assert picture(fork_ws) == pictures[after_create.id]
     assert bench.files(fork.id) == bench.files(ex.id, after_create.id)
     (fork_ws / "notes.txt").write_text("the fork's own notes\n")
-    resumed = bench.resume(fork.id)
+    resumed = bench.resume(fork.id, workspace_edits="keep")
     assert resumed.status is Status.COMPLETED
     assert picture(ws) == origin_now  # the origin's files did not move
     mine = tmp_path / "mine"

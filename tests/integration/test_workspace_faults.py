@@ -189,8 +189,9 @@ def test_a_restore_the_file_system_refuses_is_one_line_naming_the_file_and_loses
 
 def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_bench, tmp_path):
     """The head's files cannot be brought back (the workspace is immutable and one of them was
-    deleted while paused): resume raises WorkspaceError naming it, and the run is paused
-    again, its lease released, the reason in its history; once fixed, it resumes."""
+    deleted while paused): resume, told to discard that edit, raises WorkspaceError naming
+    it, and the run is paused again, its lease released, the reason in its history; once
+    fixed, it resumes."""
 
 
     if not immutable_supported():
@@ -203,7 +204,7 @@ def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_benc
     subprocess.run(["chattr", "+i", str(ws)], check=True)
     try:
         with pytest.raises(WorkspaceError, match=r"new\.txt.*cannot be restored"):
-            bench.resume(ex.id)
+            bench.resume(ex.id, workspace_edits="discard")
     finally:
         subprocess.run(["chattr", "-i", str(ws)], check=True)
     after = bench.get(ex.id)
@@ -211,8 +212,11 @@ def test_a_resume_whose_files_cannot_be_restored_leaves_the_run_paused(make_benc
         Status.PAUSED, None, head)
     last = bench.history(ex.id)[-1]
     assert last.kind == "execution.paused" and "new.txt" in last.data["reason"]
+    # What the failed restore left is its own doing, not edits: the resume finishes it.
+    assert (ws / ".wtb" / "restoring").exists()
     assert bench.resume(ex.id).status is Status.COMPLETED
     assert picture(ws) == pictures[bench.get(ex.id).head_checkpoint_id]
+    assert not (ws / ".wtb" / "restoring").exists()
 
 
 def test_a_workspace_that_cannot_be_made_is_refused_before_anything_is_written(

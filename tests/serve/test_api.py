@@ -262,6 +262,39 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     assert missing.status_code == 404, missing.text
 
 
+def test_hand_edits_to_a_paused_workspace_over_http(api):
+    """A resume over them answers 409 naming them and leaves the run paused; sent again
+    with "workspace_edits": "keep", the run goes on from them (a patch checkpoint)."""
+    started = api.client.post("/v1/executions", json={"workflow": "files", "workspace": True,
+                                                       "break_after": ["modify"]})
+    assert started.status_code == 202, started.text
+    ex_id = started.json()["execution"]["id"]
+    paused = api.wait_for(f"/v1/executions/{ex_id}",
+                          lambda b: b["execution"]["status"] == "paused")
+    ws = Path(paused["execution"]["workspace"]["path"])
+    (ws / "extra.txt").write_text("added by hand\n")
+
+    refused = api.client.post(f"/v1/executions/{ex_id}/resume", json={})
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["error"]["message"]
+    assert "(added extra.txt)" in message and '"workspace_edits": "keep"' in message
+    for path, body in (("resume", {"workspace_edits": "merge"}),
+                       ("rollback", {"to": 1, "workspace_edits": "keep"})):
+        bad = api.client.post(f"/v1/executions/{ex_id}/{path}", json=body)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "workspace_edits"
+    assert api.client.get(f"/v1/executions/{ex_id}").json()["execution"]["status"] == "paused"
+
+    kept = api.client.post(f"/v1/executions/{ex_id}/resume", json={"workspace_edits": "keep"})
+    assert kept.status_code == 202, kept.text
+    done = api.wait_for(f"/v1/executions/{ex_id}",
+                        lambda b: b["execution"]["status"] in ("completed", "failed"))
+    assert done["execution"]["status"] == "completed", done["execution"]
+    tree = api.client.get(f"/v1/executions/{ex_id}/checkpoints").json()["checkpoints"]
+    assert [c["kind"] for c in tree].count("patch") == 1
+    files = api.client.get(f"/v1/executions/{ex_id}/files").json()["files"]
+    assert "extra.txt" in {f["path"] for f in files}
+
+
 def test_metrics_parse_and_their_counters_move(api):
     def scrape() -> dict:
         text = api.client.get("/metrics").text

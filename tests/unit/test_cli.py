@@ -197,6 +197,32 @@ def test_files_and_diff_of_a_workspace_run(cli, tmp_path):
     assert "data/big.bin" in cli("files", run["id"], "--at", str(after_create)).stdout
 
 
+def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli, counts,
+                                                                           tmp_path):
+    ws = tmp_path / "ws"
+    run = as_json(cli("run", "tests.side_effects:files", "--workspace", str(ws),
+                      "--break-after", "modify", "--json"))["execution"]
+    (ws / "new.txt").write_text("changed by hand\n")
+    before = counts()
+    refused = cli("resume", run["id"])
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == (
+        f"error: cannot resume execution {run['id']}: its workspace {ws} was changed since "
+        f"checkpoint {run['head_checkpoint_id']} (modified new.txt); keep them to go on from "
+        'these files (wtb resume --keep-edits; "workspace_edits": "keep"), or discard them '
+        '(--discard-edits; "workspace_edits": "discard")')
+    assert counts() == before and (ws / "new.txt").read_text() == "changed by hand\n"
+    both = cli("resume", run["id"], "--keep-edits", "--discard-edits")
+    assert both.exit_code == 2
+    assert "--keep-edits and --discard-edits exclude each other" in both.stderr
+    done = as_json(cli("resume", run["id"], "--keep-edits", "--json"))["execution"]
+    assert done["status"] == "completed"
+    assert (ws / "new.txt").read_text() == "changed by hand\n"  # the last node ran on it
+    history = as_json(cli("history", run["id"], "--json"))["events"]
+    resumed = [e for e in history if e["kind"] == "execution.resumed"][-1]
+    assert resumed["data"]["kept_edits"] == ["modified new.txt"]
+
+
 def test_diff_shows_a_unified_diff_of_text_state_values(cli):
     first = as_json(cli("run", REF, "--input", '{"text": "one\\ntwo\\n"}', "--break-after",
                         "a", "--json"))["execution"]

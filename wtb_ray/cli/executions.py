@@ -33,6 +33,20 @@ WorkspaceOpt = Annotated[str | None, typer.Option(
     help="Track this directory's files with the execution (nodes get it as ctx.workspace).")]
 
 
+KeepEditsOpt = Annotated[bool, typer.Option(
+    "--keep-edits", help="The workspace was changed by hand while paused: record it as it is "
+                         "(a patch checkpoint) and go on from those files.")]
+DiscardEditsOpt = Annotated[bool, typer.Option(
+    "--discard-edits", help="The workspace was changed by hand while paused: put back the "
+                            "checkpoint's files (the history names what was dropped).")]
+
+
+def edits_choice(keep: bool, discard: bool) -> str | None:
+    if keep and discard:
+        raise InvalidInput("--keep-edits and --discard-edits exclude each other")
+    return "keep" if keep else "discard" if discard else None
+
+
 def check_workspace(path: str | None) -> None:
     if path is not None and (not path or (Path(path).exists() and not Path(path).is_dir())):
         raise InvalidInput(f"--workspace {path!r} is not a directory")
@@ -170,13 +184,15 @@ def stop(execution_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
 @app.command()
 @guarded
 def resume(execution_id: str, patch: PatchOpt = None, variant: VariantOpt = None,
+           keep_edits: KeepEditsOpt = False, discard_edits: DiscardEditsOpt = False,
            json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Continue a paused or failed execution, optionally patching state or switching variants."""
     data = parse_json(patch, "--patch")
     choice = parse_variants(variant)
+    edits = edits_choice(keep_edits, discard_edits)
     with open_bench(db) as bench, interruptible(bench):
         follow(bench, json_out)
-        ex = bench.resume(execution_id, patch=data, variants=choice)
+        ex = bench.resume(execution_id, patch=data, variants=choice, workspace_edits=edits)
         finish(bench, ex, json_out)
 
 
@@ -185,10 +201,12 @@ def resume(execution_id: str, patch: PatchOpt = None, variant: VariantOpt = None
 def rollback(execution_id: str,
              to: Annotated[str, typer.Option("--to", metavar="CHECKPOINT_ID|NODE", help=(
                  "A checkpoint id, or a node name: the point just before that node last ran."))],
+             discard_edits: DiscardEditsOpt = False,
              json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Move the head back (nothing is deleted) and leave the execution paused there."""
     with open_bench(db) as bench:
-        ex = bench.rollback(execution_id, to)
+        ex = bench.rollback(execution_id, to,
+                            workspace_edits=edits_choice(False, discard_edits))
         state = bench.state(ex.id)
         if json_out:
             print(json.dumps({"execution": ex.to_dict(), "state": state}))

@@ -106,6 +106,36 @@ class WorkspaceError(WTBError):
         return f"workspace file {self.path!r}: {self.reason}"
 
 
+class WorkspaceEdited(InvalidTransition):
+    """A paused or completed execution's workspace holds changes no checkpoint recorded
+    (made by hand). A resume or rollback would overwrite them: it is refused unless the
+    caller says to keep them (resume only) or to discard them. ``changes`` names the first
+    few ("modified report.md"), ``total`` counts them all."""
+
+    def __init__(self, execution_id: str, status: str, action: str, path: str,
+                 checkpoint_id: int, changes: list[str], total: int) -> None:
+        WTBError.__init__(self, execution_id, status, action, path, checkpoint_id, changes,
+                          total)
+        self.execution_id = execution_id
+        self.status = status
+        self.action = action
+        self.hint = ""
+        self.path = path
+        self.checkpoint_id = checkpoint_id
+        self.changes = changes
+        self.total = total
+
+    def __str__(self) -> str:
+        listed = ", ".join(self.changes)
+        if self.total > len(self.changes):
+            listed += f" and {self.total - len(self.changes)} more"
+        keep = ("keep them to go on from these files (wtb resume --keep-edits; "
+                '"workspace_edits": "keep"), or ' if self.action == "resume" else "")
+        return (f"cannot {self.action} execution {self.execution_id}: its workspace "
+                f"{self.path} was changed since checkpoint {self.checkpoint_id} ({listed}); "
+                f"{keep}discard them (--discard-edits; " '"workspace_edits": "discard")')
+
+
 class CompensationFailed(WTBError):
     """An undo action raised during a rollback; the rollback stopped and can be run again."""
 

@@ -17,7 +17,7 @@ from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceErro
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import checkpoints, claims, creation, diff, forking, rollback, workspaces
+from wtb_ray.engine import checkpoints, claims, creation, diff, edits, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
 from wtb_ray.engine.loader import load_workflow
@@ -112,9 +112,14 @@ class Bench:
 
     def resume(self, execution_id: str, *, patch: Mapping[str, Any] | None = None,
                variants: Mapping[str, str] | None = None,
-               workflow: WorkflowLike | None = None) -> Execution:
+               workflow: WorkflowLike | None = None,
+               workspace_edits: str | None = None) -> Execution:
         """Continue a paused or failed run (or one whose runner died) from its head,
-        optionally patching state (a checkpoint of its own) and switching variants."""
+        optionally patching state (a checkpoint of its own) and switching variants.
+
+        A paused run whose workspace was changed by hand is not resumed (WorkspaceEdited)
+        unless ``workspace_edits`` says "keep" (go on from those files, recorded in a patch
+        checkpoint) or "discard" (put back the head's files); see engine/edits.py."""
         ex = self.store.execution(execution_id)
         if ex.status is Status.RUNNING and lease_is_dead(ex) and not self.keeper.holds(ex.id):
             action = "recover"
@@ -135,9 +140,12 @@ class Bench:
         patch = as_state(patch, "--patch") if patch is not None else None
         if patch:
             data["patched_keys"] = sorted(patch)
+        kept, said = edits.settle(self, ex, "resume", workspace_edits)
+        data.update(said)
         kind = "execution.recovered" if action == "recover" else "execution.resumed"
         return self._claim_and_drive(ex, action, wf, patch=patch,
-                                     events=[ex.event(kind, **data)])
+                                     events=[ex.event(kind, **data)],
+                                     kept_tree=kept.tree if kept else None)
 
     def pause(self, execution_id: str) -> Execution:
         """Pause now if nothing runs it; otherwise ask its runner to pause at the next boundary."""
@@ -147,15 +155,18 @@ class Bench:
         """Cancel for good (fork it to continue); a running one stops at the next boundary."""
         return self._control(execution_id, "stop", "execution.cancelled")
 
-    def rollback(self, execution_id: str, to: int | str) -> Execution:
+    def rollback(self, execution_id: str, to: int | str, *,
+                 workspace_edits: str | None = None) -> Execution:
         """Move the head back to a checkpoint (id, or the point before a node last ran) and
         leave the run paused there. Nothing is deleted: the abandoned branch stays listed.
 
         The undo actions of the node runs undone run first, newest first, exactly once each
         (see engine.compensation); the workspace is then restored to the target's files.
         One that raises stops the rollback (CompensationFailed); run it again to finish.
+        A paused run whose workspace was changed by hand is not rolled back
+        (WorkspaceEdited) unless ``workspace_edits`` is "discard".
         """
-        return rollback.rollback(self, execution_id, to)
+        return rollback.rollback(self, execution_id, to, workspace_edits)
 
     def fork(self, execution_id: str, at: int | None = None, *,
              patch: Mapping[str, Any] | None = None, variants: Mapping[str, str] | None = None,
@@ -265,9 +276,10 @@ class Bench:
         ex.lease_expires_at = time.time() + self.lease_seconds
 
     def _claim_and_drive(self, ex: Execution, action: str, workflow: WorkflowLike | None,
-                         events: list[Event], patch: Mapping[str, Any] | None = None) -> Execution:
+                         events: list[Event], patch: Mapping[str, Any] | None = None,
+                         kept_tree: str | None = None) -> Execution:
         wf = self._workflow(workflow, ex)
-        change, to_run = self.claim_change(ex, action, wf, events, patch)
+        change, to_run = self.claim_change(ex, action, wf, events, patch, kept_tree=kept_tree)
         committed = self.store.commit(change)
         try:
             run = to_run(committed)
@@ -279,11 +291,14 @@ class Bench:
 
     def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
                      patch: Mapping[str, Any] | None = None, deadline: float | None = None,
-                     loaded: Head | None = None) -> tuple[Change, Callable[[Committed], Run]]:
+                     loaded: Head | None = None, kept_tree: str | None = None
+                     ) -> tuple[Change, Callable[[Committed], Run]]:
         """The change that makes this process the runner of ``ex`` (start, resume or
         recover), and what turns the committed change into a Run ready to drive.
-        ``loaded``: its head checkpoint and state, if the caller read them already."""
-        return claims.claim_change(self, ex, action, wf, events, patch, deadline, loaded)
+        ``loaded``: its head checkpoint and state, if the caller read them already;
+        ``kept_tree``: hand edits to go on from (engine/edits.py)."""
+        return claims.claim_change(self, ex, action, wf, events, patch, deadline, loaded,
+                                   kept_tree)
 
     def _control(self, execution_id: str, action: str, kind: str) -> Execution:
         ex = self.store.execution(execution_id)

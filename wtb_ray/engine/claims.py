@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def claim_change(bench: Bench, ex: Execution, action: str, wf: Workflow, events: list[Event],
                  patch: Mapping[str, Any] | None = None, deadline: float | None = None,
-                 loaded: Head | None = None) -> tuple[Change, Callable[[Committed], Run]]:
+                 loaded: Head | None = None, kept_tree: str | None = None
+                 ) -> tuple[Change, Callable[[Committed], Run]]:
     """See Bench.claim_change."""
     if loaded is None:
         _, head, state = bench.store.checkpoint_with_state(ex.id, ex.head_checkpoint_id)
@@ -36,10 +37,10 @@ def claim_change(bench: Bench, ex: Execution, action: str, wf: Workflow, events:
     head, (values, manifest, since_full) = loaded
     state = TrackedState(values, manifest, since_full)
     write = None
-    if patch:
+    if patch or kept_tree:  # a patch of state, of files (hand edits kept), or of both
         write = state.checkpoint(patch, node="patch", parent_id=head.id, step=ex.step,
                                  kind="patch", next_node=head.next_node)
-        write.workspace_tree = head.workspace_tree
+        write.workspace_tree = kept_tree or head.workspace_tree
     ws = workspaces.open_for(bench.store, bench.settings, ex)
     ex.apply(action)
     bench.take_lease(ex)
@@ -58,7 +59,8 @@ def claim_change(bench: Bench, ex: Execution, action: str, wf: Workflow, events:
         if ws is not None:
             # A run continues from its head's files, whatever a crashed or failed node
             # left; only now that the lease is ours may they be touched.
-            ws.restore(head.workspace_tree, watch=True)
+            ws.restore(head.workspace_tree if write is None else write.workspace_tree,
+                       watch=True)
         return Run(ex, wf, state, Cursor(ex.head_checkpoint_id, head.next_node),
                    skip_break=action != "start", deadline=deadline, workspace=ws)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from wtb_ray.domain.checkpoint import Checkpoint
 from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.execution import Execution, Status
-from wtb_ray.engine import checkpoints, compensation, workspaces
+from wtb_ray.engine import checkpoints, compensation, edits, workspaces
 from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.runner import RELEASE
 from wtb_ray.storage.store import Change
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from wtb_ray.engine.bench import Bench
 
 
-def rollback(bench: Bench, execution_id: str, to: int | str) -> Execution:
+def rollback(bench: Bench, execution_id: str, to: int | str,
+             workspace_edits: str | None = None) -> Execution:
     """See Bench.rollback."""
     ex = bench.store.execution(execution_id)
     if (ex.status is Status.ROLLING_BACK and not lease_is_dead(ex)
@@ -26,6 +27,7 @@ def rollback(bench: Bench, execution_id: str, to: int | str) -> Execution:
                                 f"a rollback is running in {ex.lease_owner}")
     ex.check("rollback")
     target = _target(bench, ex, to)
+    _, said = edits.settle(bench, ex, "rollback", workspace_edits)  # before any undo runs
     todo = compensation.plan(bench.store, ex, target)
     with bench.keeper.hold([ex.id]):
         if todo or ex.status is Status.ROLLING_BACK:
@@ -38,7 +40,7 @@ def rollback(bench: Bench, execution_id: str, to: int | str) -> Execution:
     ex.apply("rollback")
     committed = bench.store.commit(Change(ex.id, [ex.event(
         "execution.rolled_back", target.next_node, target.id, from_checkpoint_id=from_id,
-        to_checkpoint_id=target.id)],
+        to_checkpoint_id=target.id, **said)],
         {"status": ex.status.value, "head_checkpoint_id": target.id, "step": target.step,
          "error": None, **RELEASE}, fence_version=ex.version))
     ex.head_checkpoint_id, ex.step, ex.error = target.id, target.step, None

@@ -1,0 +1,182 @@
+"""Hand edits to a paused execution's workspace are never lost without being asked for:
+a resume or rollback over them is refused naming them, unless told to keep them (a resume
+goes on from them, recorded in a patch checkpoint) or to discard them (named in the
+history). On embedded SQLite and on PostgreSQL through PgBouncer (``durable_url``).
+"""
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_workspace import make_bench, picture, run_recording
+from wtb_ray import InvalidInput, Status
+from wtb_ray.domain.errors import InvalidTransition, WorkspaceEdited
+
+__all__ = ["make_bench"]  # the fixture, shared with test_workspace.py
+
+
+def paused_after_modify(bench, ws, **kwargs):
+    ex, pictures = run_recording(bench, ws, break_after=["modify"], **kwargs)
+    assert ex.status is Status.PAUSED
+    return ex, pictures
+
+
+def edit(ws):
+    """A file modified, one added, one removed: what a person might do while it waits."""
+    with open(ws / "notes.txt", "a") as f:
+        f.write("a line typed by hand\n")
+    (ws / "extra.txt").write_text("added by hand\n")
+    (ws / "data" / "small.json").unlink()
+
+
+EDITS = ["removed data/small.json", "added extra.txt", "modified notes.txt"]  # in path order
+
+
+def test_a_resume_over_hand_edits_is_refused_naming_them_and_nothing_is_touched(make_bench,
+                                                                             tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = paused_after_modify(bench, ws)
+    edit(ws)
+    edited = picture(ws)
+    before = (bench.get(ex.id), len(bench.history(ex.id)), bench.store.table_counts())
+    with pytest.raises(WorkspaceEdited) as caught:
+        bench.resume(ex.id)
+    err = caught.value
+    assert err.changes == EDITS and err.total == 3
+    assert err.checkpoint_id == before[0].head_checkpoint_id
+    assert str(ws) in str(err) and "--keep-edits" in str(err) and "--discard-edits" in str(err)
+    assert isinstance(err, InvalidTransition)  # 409 over HTTP
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)  # it crosses Ray intact
+    # Nothing moved: the files, the execution, its history, the stored blobs.
+    assert picture(ws) == edited
+    after = bench.get(ex.id)
+    assert (after.status, after.version, after.head_checkpoint_id, after.lease_owner) == (
+        Status.PAUSED, before[0].version, before[0].head_checkpoint_id, None)
+    assert len(bench.history(ex.id)) == before[1]
+    assert bench.store.table_counts() == before[2]
+
+
+def test_keep_edits_goes_on_from_them_recorded_in_a_patch_checkpoint(make_bench, tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = paused_after_modify(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    edit(ws)
+    edited = picture(ws)
+    done = bench.resume(ex.id, workspace_edits="keep")
+    assert done.status is Status.COMPLETED
+    assert (ws / "extra.txt").read_text() == "added by hand\n"  # the last node ran on them
+    kept = [c for c in bench.checkpoints(ex.id) if c.parent_id == head]
+    assert [(c.kind, c.step) for c in kept] == [("patch", bench.store.checkpoint(head).step)]
+    resumed = [e for e in bench.history(ex.id) if e.kind == "execution.resumed"][-1]
+    assert resumed.data["kept_edits"] == EDITS and resumed.data["edits"] == 3
+    bench.rollback(ex.id, kept[0].id)  # the kept files, byte for byte
+    assert picture(ws) == edited
+    # Once recorded they are no longer hand edits: resuming asks nothing.
+    assert bench.resume(ex.id).status is Status.COMPLETED
+
+
+def test_discard_edits_puts_back_the_head_files_and_names_them_in_the_history(make_bench,
+                                                                              tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = paused_after_modify(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    edit(ws)
+    done = bench.resume(ex.id, workspace_edits="discard")
+    assert done.status is Status.COMPLETED
+    assert not (ws / "extra.txt").exists()
+    resumed = [e for e in bench.history(ex.id) if e.kind == "execution.resumed"][-1]
+    assert resumed.data["discarded_edits"] == EDITS and resumed.data["edits"] == 3
+    assert all(c.kind != "patch" for c in bench.checkpoints(ex.id))
+    bench.rollback(ex.id, head)
+    assert picture(ws) == pictures[head]
+
+
+def test_a_rollback_over_hand_edits_is_refused_unless_they_are_discarded(make_bench, tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = paused_after_modify(bench, ws)
+    first = bench.checkpoints(ex.id)[1]  # after create
+    edit(ws)
+    edited = picture(ws)
+    with pytest.raises(WorkspaceEdited) as caught:
+        bench.rollback(ex.id, first.id)
+    assert "--keep-edits" not in str(caught.value) and "--discard-edits" in str(caught.value)
+    assert picture(ws) == edited and bench.get(ex.id).status is Status.PAUSED
+    with pytest.raises(InvalidInput, match="workspace_edits for a rollback is one of 'discard'"):
+        bench.rollback(ex.id, first.id, workspace_edits="keep")
+    rolled = bench.rollback(ex.id, first.id, workspace_edits="discard")
+    assert rolled.head_checkpoint_id == first.id
+    assert picture(ws) == pictures[first.id]
+    event = bench.history(ex.id)[-1]
+    assert event.kind == "execution.rolled_back" and event.data["discarded_edits"] == EDITS
+
+
+def test_a_removed_workspace_counts_as_edits(make_bench, tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = paused_after_modify(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    shutil.rmtree(ws)
+    with pytest.raises(WorkspaceEdited, match=r"removed data/big\.bin.* and \d+ more"):
+        bench.resume(ex.id)
+    assert not ws.exists()  # a refused resume does not make it either
+    bench.rollback(ex.id, head, workspace_edits="discard")
+    assert picture(ws) == pictures[head]
+
+
+def test_a_fork_left_paused_takes_edits_before_it_runs(make_bench, tmp_path):
+    """Fork, adjust the fork's files by hand, go on from them: the origin is untouched."""
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = paused_after_modify(bench, ws)
+    origin = picture(ws)
+    fork = bench.fork(ex.id, run=False)
+    fork_ws = Path(fork.workspace["path"])
+    (fork_ws / "extra.txt").write_text("only in the fork\n")
+    with pytest.raises(WorkspaceEdited, match=r"\(added extra\.txt\)"):
+        bench.resume(fork.id)
+    assert bench.resume(fork.id, workspace_edits="keep").status is Status.COMPLETED
+    assert (fork_ws / "extra.txt").read_text() == "only in the fork\n"
+    assert picture(ws) == origin and bench.get(ex.id).status is Status.PAUSED
+
+
+def test_resuming_a_paused_run_whose_files_are_as_recorded_asks_nothing(make_bench, tmp_path):
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = paused_after_modify(bench, ws, workspace_ignore=["*.log"])
+    (ws / "scratch.log").write_text("ignored paths are never edits\n")
+    done = bench.resume(ex.id)
+    assert done.status is Status.COMPLETED
+    resumed = [e for e in bench.history(ex.id) if e.kind == "execution.resumed"][-1]
+    assert "edits" not in resumed.data
+
+
+def test_an_unknown_choice_is_refused_naming_it(make_bench, tmp_path):
+    bench = make_bench()
+    ex, _ = paused_after_modify(bench, tmp_path / "ws")
+    with pytest.raises(InvalidInput, match="workspace_edits for a resume is one of 'keep', "
+                                           "'discard', not 'merge'"):
+        bench.resume(ex.id, workspace_edits="merge")
+
+
+
+def test_a_completed_run_edited_by_hand_is_not_rolled_back_over_them(make_bench, tmp_path):
+    """Fixing a finished run's output by hand, then rolling back to run a node again."""
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = run_recording(bench, ws)
+    assert ex.status is Status.COMPLETED
+    after_create = bench.checkpoints(ex.id)[1]
+    (ws / "run.sh").write_text("#!/bin/sh\necho fixed by hand\n")
+    with pytest.raises(WorkspaceEdited, match=r"\(modified run\.sh\); discard them"):
+        bench.rollback(ex.id, after_create.id)
+    assert bench.get(ex.id).status is Status.COMPLETED
+    assert (ws / "run.sh").read_text() == "#!/bin/sh\necho fixed by hand\n"
+    bench.rollback(ex.id, after_create.id, workspace_edits="discard")
+    assert picture(ws) == pictures[after_create.id]
+    assert bench.history(ex.id)[-1].data["discarded_edits"] == ["modified run.sh"]
