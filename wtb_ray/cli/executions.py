@@ -34,11 +34,11 @@ WorkspaceOpt = Annotated[str | None, typer.Option(
 
 
 KeepEditsOpt = Annotated[bool, typer.Option(
-    "--keep-edits", help="The workspace was changed by hand while paused: record it as it is "
-                         "(a patch checkpoint) and go on from those files.")]
+    "--keep-edits", help="Files changed by hand since the last checkpoint: record them as they "
+                         "are (a patch checkpoint) and go on from them.")]
 DiscardEditsOpt = Annotated[bool, typer.Option(
-    "--discard-edits", help="The workspace was changed by hand while paused: put back the "
-                            "checkpoint's files (the history names what was dropped).")]
+    "--discard-edits", help="Files changed by hand since the last checkpoint: put back the "
+                            "checkpoint's files over them (the history names what was dropped).")]
 
 
 def edits_choice(keep: bool, discard: bool) -> str | None:

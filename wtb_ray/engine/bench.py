@@ -13,16 +13,15 @@ from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import InvalidInput, InvalidTransition, WorkspaceError
+from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import checkpoints, claims, creation, diff, edits, forking, rollback, workspaces
+from wtb_ray.engine import checkpoints, claims, creation, diff, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
 from wtb_ray.engine.loader import load_workflow
 from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
-from wtb_ray.engine.state import as_state
 from wtb_ray.storage import compensation_sql, gc
 from wtb_ray.storage.queries import Head
 from wtb_ray.storage.store import Change, Committed, Store
@@ -105,8 +104,8 @@ class Bench:
         """Run a pending execution here (a batch creates them first, runs them later)."""
         ex = self.store.execution(execution_id)
         ex.check("start")
-        return self._claim_and_drive(ex, "start", workflow,
-                                     events=[ex.event("execution.started")])
+        return claims.claim_and_drive(self, ex, "start", workflow,
+                                      events=[ex.event("execution.started")])
 
     # -- control ------------------------------------------------------------------------
 
@@ -120,32 +119,8 @@ class Bench:
         A paused run whose workspace was changed by hand is not resumed (WorkspaceEdited)
         unless ``workspace_edits`` says "keep" (go on from those files, recorded in a patch
         checkpoint) or "discard" (put back the head's files); see engine/edits.py."""
-        ex = self.store.execution(execution_id)
-        if ex.status is Status.RUNNING and lease_is_dead(ex) and not self.keeper.holds(ex.id):
-            action = "recover"
-        else:
-            if ex.status is Status.RUNNING:
-                raise InvalidTransition(ex.id, ex.status.value, "resume",
-                                        f"it is running in {ex.lease_owner}")
-            ex.check("resume")
-            action = "resume"
-        wf = self._workflow(workflow, ex)
-        data: dict[str, Any] = {"previous_owner": ex.lease_owner} if action == "recover" else {}
-        if variants:
-            ex.variants = {**ex.variants, **wf.check_choice(dict(variants))}
-            for node, name in variants.items():
-                if name == "default":
-                    ex.variants.pop(node, None)
-            data["variants"] = dict(variants)
-        patch = as_state(patch, "--patch") if patch is not None else None
-        if patch:
-            data["patched_keys"] = sorted(patch)
-        kept, said = edits.settle(self, ex, "resume", workspace_edits)
-        data.update(said)
-        kind = "execution.recovered" if action == "recover" else "execution.resumed"
-        return self._claim_and_drive(ex, action, wf, patch=patch,
-                                     events=[ex.event(kind, **data)],
-                                     kept_tree=kept.tree if kept else None)
+        return claims.resume(self, execution_id, patch=patch, variants=variants,
+                             workflow=workflow, workspace_edits=workspace_edits)
 
     def pause(self, execution_id: str) -> Execution:
         """Pause now if nothing runs it; otherwise ask its runner to pause at the next boundary."""
@@ -163,7 +138,7 @@ class Bench:
         The undo actions of the node runs undone run first, newest first, exactly once each
         (see engine.compensation); the workspace is then restored to the target's files.
         One that raises stops the rollback (CompensationFailed); run it again to finish.
-        A paused run whose workspace was changed by hand is not rolled back
+        A paused or completed run whose workspace was changed by hand is not rolled back
         (WorkspaceEdited) unless ``workspace_edits`` is "discard".
         """
         return rollback.rollback(self, execution_id, to, workspace_edits)
@@ -274,20 +249,6 @@ class Bench:
     def take_lease(self, ex: Execution) -> None:
         ex.lease_owner = self.owner
         ex.lease_expires_at = time.time() + self.lease_seconds
-
-    def _claim_and_drive(self, ex: Execution, action: str, workflow: WorkflowLike | None,
-                         events: list[Event], patch: Mapping[str, Any] | None = None,
-                         kept_tree: str | None = None) -> Execution:
-        wf = self._workflow(workflow, ex)
-        change, to_run = self.claim_change(ex, action, wf, events, patch, kept_tree=kept_tree)
-        committed = self.store.commit(change)
-        try:
-            run = to_run(committed)
-        except WorkspaceError as exc:
-            claims.unclaim(self, ex, exc)
-            raise
-        return self._runner.drive(ex, wf, run.state, run.cursor, resumed=run.skip_break,
-                                  workspace=run.workspace)
 
     def claim_change(self, ex: Execution, action: str, wf: Workflow, events: list[Event],
                      patch: Mapping[str, Any] | None = None, deadline: float | None = None,

@@ -7,21 +7,68 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from wtb_ray.domain.errors import NotFound, WorkspaceError
+from wtb_ray.domain.errors import InvalidTransition, NotFound, WorkspaceError
 from wtb_ray.domain.events import Event
-from wtb_ray.domain.execution import Execution
+from wtb_ray.domain.execution import Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import workspaces
+from wtb_ray.engine import edits, workspaces
+from wtb_ray.engine.lease import lease_is_dead
 from wtb_ray.engine.runner import RELEASE, Cursor, Run
-from wtb_ray.engine.state import TrackedState
+from wtb_ray.engine.state import TrackedState, as_state
 from wtb_ray.storage.queries import Head
 from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change, Committed
 
 if TYPE_CHECKING:
-    from wtb_ray.engine.bench import Bench
+    from wtb_ray.engine.bench import Bench, WorkflowLike
 
 log = logging.getLogger(__name__)
+
+
+def resume(bench: Bench, execution_id: str, *, patch: Mapping[str, Any] | None,
+           variants: Mapping[str, str] | None, workflow: WorkflowLike | None,
+           workspace_edits: str | None) -> Execution:
+    """See Bench.resume."""
+    ex = bench.store.execution(execution_id)
+    if ex.status is Status.RUNNING and lease_is_dead(ex) and not bench.keeper.holds(ex.id):
+        action = "recover"
+    else:
+        if ex.status is Status.RUNNING:
+            raise InvalidTransition(ex.id, ex.status.value, "resume",
+                                    f"it is running in {ex.lease_owner}")
+        ex.check("resume")
+        action = "resume"
+    wf = bench.workflow_for(ex, workflow)
+    data: dict[str, Any] = {"previous_owner": ex.lease_owner} if action == "recover" else {}
+    if variants:
+        ex.variants = {**ex.variants, **wf.check_choice(dict(variants))}
+        for node, name in variants.items():
+            if name == "default":
+                ex.variants.pop(node, None)
+        data["variants"] = dict(variants)
+    patch = as_state(patch, "--patch") if patch is not None else None
+    if patch:
+        data["patched_keys"] = sorted(patch)
+    kept, said = edits.settle(bench, ex, "resume", workspace_edits)  # after the input checks
+    data.update(said)
+    kind = "execution.recovered" if action == "recover" else "execution.resumed"
+    return claim_and_drive(bench, ex, action, wf, events=[ex.event(kind, **data)], patch=patch,
+                           kept_tree=kept.tree if kept else None)
+
+
+def claim_and_drive(bench: Bench, ex: Execution, action: str, workflow: WorkflowLike | None,
+                    events: list[Event], patch: Mapping[str, Any] | None = None,
+                    kept_tree: str | None = None) -> Execution:
+    wf = bench.workflow_for(ex, workflow)
+    change, to_run = claim_change(bench, ex, action, wf, events, patch, kept_tree=kept_tree)
+    committed = bench.store.commit(change)
+    try:
+        run = to_run(committed)
+    except WorkspaceError as exc:
+        unclaim(bench, ex, exc)
+        raise
+    return bench.runner.drive(ex, wf, run.state, run.cursor, resumed=run.skip_break,
+                              workspace=run.workspace)
 
 
 def claim_change(bench: Bench, ex: Execution, action: str, wf: Workflow, events: list[Event],
