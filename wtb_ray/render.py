@@ -74,7 +74,7 @@ def checkpoint_tree(console: Console, ex: Execution, checkpoints: list[Checkpoin
         children.setdefault(parent, []).append(c)
 
     def label(c: Checkpoint) -> str:
-        what = {"start": "start", "node": f"after {c.node}", "patch": "state patch",
+        what = {"start": "start", "node": f"after {c.node}", "patch": patch_label(c, by_id),
                 "fork": f"fork of checkpoint {c.parent_id}"}[c.kind]
         text = f"{c.id}  step {c.step}  {what}  -> {c.next_node or 'END'}"
         if c.id == ex.head_checkpoint_id:
@@ -89,6 +89,15 @@ def checkpoint_tree(console: Console, ex: Execution, checkpoints: list[Checkpoin
 
     add(tree, None)
     console.print(tree)
+
+
+def patch_label(c: Checkpoint, by_id: dict[int, Checkpoint]) -> str:
+    """A patch checkpoint records a state patch (resume --patch), hand edits to its files
+    kept (resume --keep-edits), or both: its files differ from its parent's in the last."""
+    parent = by_id.get(c.parent_id) if c.parent_id is not None else None
+    if parent is not None and c.workspace_tree != parent.workspace_tree:
+        return "patch (files kept)"
+    return "state patch"
 
 
 def branch_ids(head: int | None, by_id: dict[int, Checkpoint]) -> set[int]:

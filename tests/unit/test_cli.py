@@ -221,6 +221,8 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
     history = as_json(cli("history", run["id"], "--json"))["events"]
     resumed = [e for e in history if e["kind"] == "execution.resumed"][-1]
     assert resumed["data"]["kept_edits"] == ["modified new.txt"]
+    assert f"{run['head_checkpoint_id'] + 1}  step 2  patch (files kept)  -> delete" in cli(
+        "checkpoints", run["id"]).stdout
 
 
 def test_diff_shows_a_unified_diff_of_text_state_values(cli):
