@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -18,6 +19,9 @@ STATUS_STYLE = {"completed": "green", "failed": "red", "paused": "yellow", "runn
                 "cancelled": "magenta", "pending": "white"}
 
 
+EDITS_SHOWN = 5  # hand edits named by `wtb show` (the JSON lists them all)
+
+
 def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -27,7 +31,9 @@ def status(value: str) -> str:
 
 
 def execution(console: Console, ex: Execution, state: dict[str, Any] | None = None,
-              boundaries: list[NodeBoundary] | None = None) -> None:
+              boundaries: list[NodeBoundary] | None = None,
+              edits: list[str] | None = None) -> None:
+    """``edits``: changes made by hand to its workspace since its head (engine/edits.py)."""
     console.print(f"execution [bold]{ex.id}[/]  {status(ex.status.value)}  "
                   f"workflow {ex.workflow_name} ({ex.workflow_ref or 'no ref'})")
     variants = ", ".join(f"{n}={v}" for n, v in sorted(ex.variants.items())) or "all default"
@@ -41,6 +47,12 @@ def execution(console: Console, ex: Execution, state: dict[str, Any] | None = No
         console.print(f"  workspace {ex.workspace['path']}"
                       + (f" (ignoring {', '.join(ignore)})" if ignore else ""),
                       markup=False, highlight=False)
+    if edits:
+        shown = ", ".join(edits[:EDITS_SHOWN]) + (
+            f" and {len(edits) - EDITS_SHOWN} more" if len(edits) > EDITS_SHOWN else "")
+        console.print(f"  [yellow]changed by hand[/] since checkpoint {ex.head_checkpoint_id}: "
+                      f"{escape(shown)} (resume --keep-edits or --discard-edits; rollback "
+                      "--discard-edits)", highlight=False)
     if ex.control:
         console.print(f"  [yellow]{ex.control} requested[/]: honoured at the next node boundary")
     if ex.error:

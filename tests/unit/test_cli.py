@@ -204,6 +204,10 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
                       "--break-after", "modify", "--json"))["execution"]
     (ws / "new.txt").write_text("changed by hand\n")
     before = counts()
+    shown = cli("show", run["id"]).stdout.splitlines()
+    assert (f"  changed by hand since checkpoint {run['head_checkpoint_id']}: modified new.txt "
+            "(resume --keep-edits or --discard-edits; rollback --discard-edits)") in shown
+    assert as_json(cli("show", run["id"], "--json"))["workspace_edits"] == ["modified new.txt"]
     refused = cli("resume", run["id"])
     assert refused.exit_code == 2 and refused.stdout == ""
     assert refused.stderr.strip() == (
@@ -223,6 +227,7 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
     assert resumed["data"]["kept_edits"] == ["modified new.txt"]
     assert f"{run['head_checkpoint_id'] + 1}  step 2  patch (files kept)  -> delete" in cli(
         "checkpoints", run["id"]).stdout
+    assert as_json(cli("show", run["id"], "--json"))["workspace_edits"] == []
 
 
 def test_diff_shows_a_unified_diff_of_text_state_values(cli):

@@ -27,6 +27,7 @@ from wtb_ray.cli.common import (
 )
 from wtb_ray.domain.errors import InvalidInput
 from wtb_ray.domain.execution import Status
+from wtb_ray.engine import edits
 
 WorkspaceOpt = Annotated[str | None, typer.Option(
     "--workspace", metavar="DIR",
@@ -119,11 +120,14 @@ def show(execution_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None
         ex = bench.get(execution_id)
         state = bench.state(ex.id)
         boundaries = bench.boundaries(ex.id)
+        found = edits.find(bench, ex)  # what a resume or rollback would ask about
+        named = found.named(len(found.changes)) if found else []
         if json_out:
             print(json.dumps({"execution": ex.to_dict(), "state": state,
-                              "node_runs": [b.to_dict() for b in boundaries]}, default=str))
+                              "node_runs": [b.to_dict() for b in boundaries],
+                              "workspace_edits": named}, default=str))
         else:
-            render.execution(out, ex, state, boundaries)
+            render.execution(out, ex, state, boundaries, named)
 
 
 @app.command()
@@ -189,10 +193,10 @@ def resume(execution_id: str, patch: PatchOpt = None, variant: VariantOpt = None
     """Continue a paused or failed execution, optionally patching state or switching variants."""
     data = parse_json(patch, "--patch")
     choice = parse_variants(variant)
-    edits = edits_choice(keep_edits, discard_edits)
+    on_edits = edits_choice(keep_edits, discard_edits)
     with open_bench(db) as bench, interruptible(bench):
         follow(bench, json_out)
-        ex = bench.resume(execution_id, patch=data, variants=choice, workspace_edits=edits)
+        ex = bench.resume(execution_id, patch=data, variants=choice, workspace_edits=on_edits)
         finish(bench, ex, json_out)
 
 

@@ -31,6 +31,7 @@ CHECKED = (Status.PAUSED, Status.COMPLETED)
 
 @dataclass(frozen=True)
 class Edits:
+    path: str  # the workspace
     checkpoint_id: int  # the head they were made on
     tree: str  # the directory as it is (stored only when kept)
     changes: list[tuple[str, str]]  # (path, "added" | "modified" | "removed")
@@ -46,26 +47,32 @@ def check_choice(action: str, choice: str | None) -> None:
                            f"{', '.join(map(repr, allowed))}, not {choice!r}")
 
 
+def find(bench: Bench, ex: Execution, record: bool = False) -> Edits | None:
+    """The hand edits in ``ex``'s workspace (see CHECKED), or None. Nothing is written to
+    the store unless ``record`` (to keep them)."""
+    if ex.status not in CHECKED or not ex.workspace or ex.head_checkpoint_id is None:
+        return None
+    ws = workspaces.open_for(bench.store, bench.settings, ex)
+    assert ws is not None
+    if ws.restore_unfinished():  # what differs is a failed restore's doing: finish it
+        return None
+    head = bench.store.checkpoint(ex.head_checkpoint_id)
+    tree, changes = ws.scan(head.workspace_tree, record=record)
+    return Edits(str(ws.path), head.id, tree, changes) if changes else None
+
+
 def settle(bench: Bench, ex: Execution, action: str, choice: str | None
            ) -> tuple[Edits | None, dict[str, Any]]:
     """Refuse the ``action`` if ``ex``'s workspace was edited (see CHECKED), unless
     ``choice`` says what to do. Returns the edits to keep (their tree stored), if kept,
     and what the action's event should say about them."""
     check_choice(action, choice)
-    if ex.status not in CHECKED or not ex.workspace or ex.head_checkpoint_id is None:
+    found = find(bench, ex, record=choice == KEEP)
+    if found is None:
         return None, {}
-    ws = workspaces.open_for(bench.store, bench.settings, ex)
-    assert ws is not None
-    if ws.restore_unfinished():  # what differs is a failed restore's doing: finish it
-        return None, {}
-    head = bench.store.checkpoint(ex.head_checkpoint_id)
-    tree, changes = ws.scan(head.workspace_tree, record=choice == KEEP)
-    if not changes:
-        return None, {}
-    found = Edits(head.id, tree, changes)
     if choice is None:
-        raise WorkspaceEdited(ex.id, ex.status.value, action, str(ws.path), head.id,
-                              found.named(IN_ERROR), len(changes))
+        raise WorkspaceEdited(ex.id, ex.status.value, action, found.path, found.checkpoint_id,
+                              found.named(IN_ERROR), len(found.changes))
     said = {f"{'kept' if choice == KEEP else 'discarded'}_edits": found.named(IN_EVENT),
-            "edits": len(changes)}
+            "edits": len(found.changes)}
     return (found if choice == KEEP else None), said
