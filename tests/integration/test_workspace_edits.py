@@ -1,7 +1,7 @@
-"""Hand edits to a paused execution's workspace are never lost without being asked for:
-a resume or rollback over them is refused naming them, unless told to keep them (a resume
-goes on from them, recorded in a patch checkpoint) or to discard them (named in the
-history). On embedded SQLite and on PostgreSQL through PgBouncer (``durable_url``).
+"""Hand edits to a paused or completed execution's workspace are never lost without being
+asked for: a resume or rollback over them is refused naming them, unless told to keep them
+(a resume goes on from them, recorded in a patch checkpoint) or to discard them (named in
+the history). On embedded SQLite and on PostgreSQL through PgBouncer (``durable_url``).
 """
 
 import pickle
