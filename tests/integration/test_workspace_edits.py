@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_workspace import make_bench, picture, run_recording
 from wtb_ray import InvalidInput, Status
-from wtb_ray.domain.errors import InvalidTransition, WorkspaceEdited
+from wtb_ray.domain.errors import InvalidTransition, StorageError, WorkspaceEdited
 
 __all__ = ["make_bench"]  # the fixture, shared with test_workspace.py
 
@@ -180,3 +180,30 @@ def test_a_completed_run_edited_by_hand_is_not_rolled_back_over_them(make_bench,
     bench.rollback(ex.id, after_create.id, workspace_edits="discard")
     assert picture(ws) == pictures[after_create.id]
     assert bench.history(ex.id)[-1].data["discarded_edits"] == ["modified run.sh"]
+
+
+def test_a_rollback_whose_head_could_not_be_moved_is_finished_without_asking(make_bench,
+                                                                            tmp_path):
+    """The files were put back but the commit moving the head failed: what the directory
+    holds then is the rollback's doing, not hand edits; running it again finishes it."""
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, pictures = paused_after_modify(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    first = bench.checkpoints(ex.id)[1]
+    real = bench.store.commit
+
+    def down(change):
+        raise StorageError("the database went away")
+
+    bench.store.commit = down
+    try:
+        with pytest.raises(StorageError):
+            bench.rollback(ex.id, first.id)
+    finally:
+        bench.store.commit = real
+    assert picture(ws) == pictures[first.id] and bench.get(ex.id).head_checkpoint_id == head
+    rolled = bench.rollback(ex.id, first.id)
+    assert rolled.head_checkpoint_id == first.id and "edits" not in bench.history(ex.id)[-1].data
+    assert picture(ws) == pictures[first.id] and not (ws / ".wtb" / "restoring").exists()
+    bench.resume(ex.id)  # and the head's files are no edits either

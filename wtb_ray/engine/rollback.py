@@ -35,7 +35,9 @@ def rollback(bench: Bench, execution_id: str, to: int | str,
                               bench.lease_seconds)
         ws = workspaces.open_for(bench.store, bench.settings, ex)
         if ws is not None:
-            ws.restore(target.workspace_tree)
+            # Unfinished until the head moves: files at the target under the old head are
+            # no hand edits, and running the rollback again completes it without asking.
+            ws.restore(target.workspace_tree, then_commit=True)
     from_id = ex.head_checkpoint_id
     ex.apply("rollback")
     committed = bench.store.commit(Change(ex.id, [ex.event(
@@ -45,6 +47,8 @@ def rollback(bench: Bench, execution_id: str, to: int | str,
          "error": None, **RELEASE}, fence_version=ex.version))
     ex.head_checkpoint_id, ex.step, ex.error = target.id, target.step, None
     ex.version = committed.version
+    if ws is not None:
+        ws.restore_done()
     bench.bus.publish(committed.events)
     return ex
 

@@ -28,8 +28,9 @@ from wtb_ray.workspace.watch import Watch
 # stops): a process killed mid-run then re-reads only what changed in its last seconds.
 INDEX_SAVE_S = 5.0
 # Made in WTB's own directory (RESERVED) when a restore into an existing directory begins,
-# removed when it ends: while it is there, what differs from a checkpoint is a failed or
-# killed restore's doing, not hand edits (engine/edits.py), and the next restore finishes it.
+# removed when it ends (or, for a rollback, once the head it restored to is committed): while
+# it is there, what differs from the head is a failed or killed restore's doing, not hand
+# edits (engine/edits.py), and the next restore finishes it.
 RESTORING = "restoring"
 
 
@@ -117,6 +118,10 @@ class Workspace:
         """Whether a restore into the directory began and did not finish (see RESTORING)."""
         return (self.path / RESERVED / RESTORING).exists()
 
+    def restore_done(self) -> None:
+        """The head a ``restore(..., then_commit=True)`` made the files match is committed."""
+        (self.path / RESERVED / RESTORING).unlink(missing_ok=True)
+
     def scan(self, against: str | None, record: bool = False
              ) -> tuple[str, list[tuple[str, str]]]:
         """What the directory holds now against the tree ``against`` (a checkpoint's: the
@@ -183,13 +188,14 @@ class Workspace:
         self._index_saved_at = time.monotonic()
 
     def restore(self, root_tree: str | None, sources: list[str] | None = None,
-                watch: bool = False) -> None:
+                watch: bool = False, then_commit: bool = False) -> None:
         """Make the directory hold exactly the files of ``root_tree`` (None: no files).
         ``sources``: directories (another execution's workspace) to copy unchanged files
         from, where their stat index vouches for them, instead of the store. ``watch``
         (before a run, if the object watches): watch every directory from before the
         restore looks into it, so that the run's first checkpoint examines only what
-        changed since."""
+        changed since. ``then_commit``: the caller commits the head the files now match
+        and calls ``restore_done`` after (till then the restore counts as unfinished)."""
         self.close()
         if watch and self.watching:
             self._watch = Watch.start(self.rules.ignored)
@@ -203,7 +209,7 @@ class Workspace:
         except BaseException:
             self.close()
             raise
-        if marked:
+        if marked and not then_commit:
             marker.unlink(missing_ok=True)
         if root_tree:  # a checkpoint's tree: the store holds every blob it reaches
             self.known.update(job.reached)
