@@ -54,6 +54,8 @@ def find(bench: Bench, ex: Execution, record: bool = False) -> Edits | None:
         return None
     ws = workspaces.open_for(bench.store, bench.settings, ex)
     assert ws is not None
+    if not ws.path.is_dir():  # nothing there to lose (removed whole, or another node's)
+        return None
     if ws.restore_unfinished():  # what differs is a failed restore's doing: finish it
         return None
     head = bench.store.checkpoint(ex.head_checkpoint_id)
