@@ -128,14 +128,12 @@ class Workspace:
         store holds every blob it reaches): (the tree it holds, [(path, "added" | "modified"
         | "removed")] in path order). Files the stat index vouches for are not read. With
         ``record`` the tree's new blobs are stored, as by ``snapshot``; else nothing is
-        written to the store, and a missing directory is not made."""
+        written to the store. The directory must exist."""
         against = against or EMPTY_TREE
         self.known.update(self.reader.blobs(against))  # what the index vouches for: not read
         reader = self.reader
         if record:
             root = self.snapshot()
-        elif not self.path.is_dir():
-            root = EMPTY_TREE
         else:
             with collector.paused, self._naming_the_file("cannot be recorded"):
                 # Its trees are not stored: kept out of the store's tree cache and out of
