@@ -1,6 +1,6 @@
-"""Hand edits to a paused or completed execution's workspace are never lost without being
-asked for: a resume or rollback over them is refused naming them, unless told to keep them
-(a resume goes on from them, recorded in a patch checkpoint) or to discard them (named in
+"""Hand edits to a pending, paused or completed execution's workspace are never lost without
+being asked for: a start, resume or rollback over them is refused naming them, unless told to
+keep them (the run goes on from them, recorded in a patch checkpoint) or to discard them (named in
 the history). On embedded SQLite and on PostgreSQL through PgBouncer (``durable_url``).
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import side_effects
 from tests.integration.test_workspace import make_bench, picture, run_recording
 from wtb_ray import InvalidInput, Status
 from wtb_ray.domain.errors import InvalidTransition, StorageError, WorkspaceEdited
@@ -146,6 +147,40 @@ def test_a_fork_left_paused_takes_edits_before_it_runs(make_bench, tmp_path):
     assert bench.resume(fork.id, workspace_edits="keep").status is Status.COMPLETED
     assert (fork_ws / "extra.txt").read_text() == "only in the fork\n"
     assert picture(ws) == origin and bench.get(ex.id).status is Status.PAUSED
+
+
+def test_a_created_run_edited_before_its_start_is_refused_unless_told(make_bench, tmp_path):
+    """``create`` records the directory as it is; a change made before ``start`` is a hand
+    edit like any other: refused, then kept (recorded, the run goes on from it) or discarded
+    (the created files put back)."""
+    bench = make_bench()
+    runs = {}
+    for choice in ("keep", "discard"):
+        ws = tmp_path / choice
+        ws.mkdir()
+        (ws / "brief.txt").write_text("as given\n")
+        ex = bench.create(side_effects.files, {}, workspace=ws)
+        assert ex.status is Status.PENDING
+        (ws / "brief.txt").write_text("changed by hand\n")
+        with pytest.raises(WorkspaceEdited) as caught:
+            bench.start(ex.id)
+        assert caught.value.changes == ["modified brief.txt"]
+        assert 'workspace_edits="keep"' in str(caught.value)
+        assert "--keep-edits" not in str(caught.value)  # no CLI or HTTP start to name
+        assert (ws / "brief.txt").read_text() == "changed by hand\n"
+        assert bench.get(ex.id).status is Status.PENDING
+        assert bench.start(ex.id, workspace_edits=choice).status is Status.COMPLETED
+        runs[choice] = (ex, ws)
+    ex, ws = runs["keep"]
+    assert (ws / "brief.txt").read_text() == "changed by hand\n"
+    started = [e for e in bench.history(ex.id) if e.kind == "execution.started"][-1]
+    assert started.data["kept_edits"] == ["modified brief.txt"]
+    first = min(c.id for c in bench.checkpoints(ex.id))
+    assert [c.kind for c in bench.checkpoints(ex.id) if c.parent_id == first] == ["patch"]
+    ex, ws = runs["discard"]
+    assert (ws / "brief.txt").read_text() == "as given\n"
+    started = [e for e in bench.history(ex.id) if e.kind == "execution.started"][-1]
+    assert started.data["discarded_edits"] == ["modified brief.txt"]
 
 
 def test_resuming_a_paused_run_whose_files_are_as_recorded_asks_nothing(make_bench, tmp_path):

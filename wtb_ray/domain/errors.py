@@ -107,10 +107,10 @@ class WorkspaceError(WTBError):
 
 
 class WorkspaceEdited(InvalidTransition):
-    """A paused or completed execution's workspace holds changes no checkpoint recorded
-    (made by hand). A resume or rollback would overwrite them: it is refused unless the
-    caller says to keep them (resume only) or to discard them. ``changes`` names the first
-    few ("modified report.md"), ``total`` counts them all."""
+    """A pending, paused or completed execution's workspace holds changes no checkpoint
+    recorded (made by hand). A start, resume or rollback would overwrite them: it is refused
+    unless the caller says to keep them (not for a rollback) or to discard them. ``changes``
+    names the first few ("modified report.md"), ``total`` counts them all."""
 
     def __init__(self, execution_id: str, status: str, action: str, path: str,
                  checkpoint_id: int, changes: list[str], total: int) -> None:
@@ -129,11 +129,16 @@ class WorkspaceEdited(InvalidTransition):
         listed = ", ".join(self.changes)
         if self.total > len(self.changes):
             listed += f" and {self.total - len(self.changes)} more"
-        keep = ("keep them to go on from these files (wtb resume --keep-edits; "
-                '"workspace_edits": "keep"), or ' if self.action == "resume" else "")
+        if self.action == "start":  # Python only: Bench.start
+            how = ('keep them to go on from these files (workspace_edits="keep"), or '
+                   'discard them (workspace_edits="discard")')
+        else:
+            how = ("keep them to go on from these files (wtb resume --keep-edits; "
+                   '"workspace_edits": "keep"), or ' if self.action == "resume" else "")
+            how += 'discard them (--discard-edits; "workspace_edits": "discard")'
         return (f"cannot {self.action} execution {self.execution_id}: its workspace "
                 f"{self.path} was changed since checkpoint {self.checkpoint_id} ({listed}); "
-                f"{keep}discard them (--discard-edits; " '"workspace_edits": "discard")')
+                + how)
 
 
 class CompensationFailed(WTBError):

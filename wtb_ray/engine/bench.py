@@ -17,7 +17,7 @@ from wtb_ray.domain.errors import InvalidInput, InvalidTransition
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
-from wtb_ray.engine import checkpoints, claims, creation, diff, forking, rollback, workspaces
+from wtb_ray.engine import checkpoints, claims, creation, diff, edits, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
 from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
 from wtb_ray.engine.loader import load_workflow
@@ -100,12 +100,18 @@ class Bench:
         """Create an execution and run it here until it completes, pauses or fails."""
         return self.create(workflow, input, _running=True, **options)
 
-    def start(self, execution_id: str, *, workflow: WorkflowLike | None = None) -> Execution:
-        """Run a pending execution here (a batch creates them first, runs them later)."""
+    def start(self, execution_id: str, *, workflow: WorkflowLike | None = None,
+              workspace_edits: str | None = None) -> Execution:
+        """Run a pending execution here (a batch creates them first, runs them later).
+
+        Its workspace changed by hand since it was created is refused (WorkspaceEdited)
+        unless ``workspace_edits`` says "keep" or "discard", as for ``resume``."""
         ex = self.store.execution(execution_id)
         ex.check("start")
+        kept, said = edits.settle(self, ex, "start", workspace_edits)
         return claims.claim_and_drive(self, ex, "start", workflow,
-                                      events=[ex.event("execution.started")])
+                                      events=[ex.event("execution.started", **said)],
+                                      kept_tree=kept.tree if kept else None)
 
     # -- control ------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
-"""Changes made by hand to a paused or completed execution's workspace, found before a
-resume or a rollback would overwrite them.
+"""Changes made by hand to a pending, paused or completed execution's workspace, found
+before a start, resume or rollback would overwrite them.
 
 No node made them and no checkpoint recorded them, so overwriting them would lose them for
-good. Without a word from the caller the resume or rollback is refused (WorkspaceEdited,
-naming them); "keep" (resume only) records the directory as it is in a patch checkpoint
-and goes on from it; "discard" puts back the checkpoint's files and names what it dropped
+good. Without a word from the caller the action is refused (WorkspaceEdited, naming them);
+"keep" (start or resume) records the directory as it is in a patch checkpoint and goes on
+from it; "discard" puts back the checkpoint's files and names what it dropped
 in the history. A failed run's directory is not looked at: what a failed node left half
 written is what a resume must put back.
 """
@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from wtb_ray.engine.bench import Bench
 
 KEEP, DISCARD = "keep", "discard"
-CHOICES = {"resume": (KEEP, DISCARD), "rollback": (DISCARD,)}
+CHOICES = {"start": (KEEP, DISCARD), "resume": (KEEP, DISCARD), "rollback": (DISCARD,)}
 IN_EVENT = 20  # changes named in the history (all are counted)
 IN_ERROR = 3  # and in a refusal
-# Where the directory should hold the head's files: the run stopped at a node boundary.
-CHECKED = (Status.PAUSED, Status.COMPLETED)
+# Where the directory should hold the head's files: the run stopped at a node boundary, or
+# was created (its first checkpoint recorded the directory) and not started yet.
+CHECKED = (Status.PENDING, Status.PAUSED, Status.COMPLETED)
 
 
 @dataclass(frozen=True)
