@@ -88,9 +88,15 @@ def list_executions(ctx: Ctx, request: Request, limit: Limit = 50, offset: Offse
 
 @router.get("/{execution_id}")
 def show(ctx: Ctx, execution_id: IdPath, request: Request) -> dict[str, Any]:
+    """The execution, its state, its node runs and, as `wtb show --json` gives them, the
+    changes made by hand to its workspace that a start, resume or rollback would ask about
+    (a look at the directory where this server runs: files the stat index vouches for are
+    not read)."""
     ex = ctx.bench.get(execution_id)
+    found = edits.find(ctx.bench, ex)
     return {**view(request, ex), "state": ctx.bench.state(ex.id),
-            "node_runs": [b.to_dict() for b in ctx.bench.boundaries(ex.id)]}
+            "node_runs": [b.to_dict() for b in ctx.bench.boundaries(ex.id)],
+            "workspace_edits": found.named(len(found.changes)) if found else []}
 
 
 @router.get("/{execution_id}/checkpoints")

@@ -272,7 +272,10 @@ def test_hand_edits_to_a_paused_workspace_over_http(api):
     paused = api.wait_for(f"/v1/executions/{ex_id}",
                           lambda b: b["execution"]["status"] == "paused")
     ws = Path(paused["execution"]["workspace"]["path"])
+    assert paused["workspace_edits"] == []
     (ws / "extra.txt").write_text("added by hand\n")
+    shown = api.client.get(f"/v1/executions/{ex_id}").json()
+    assert shown["workspace_edits"] == ["added extra.txt"]  # as `wtb show --json` lists them
 
     refused = api.client.post(f"/v1/executions/{ex_id}/resume", json={})
     assert refused.status_code == 409, refused.text
@@ -293,6 +296,7 @@ def test_hand_edits_to_a_paused_workspace_over_http(api):
     assert [c["kind"] for c in tree].count("patch") == 1
     files = api.client.get(f"/v1/executions/{ex_id}/files").json()["files"]
     assert "extra.txt" in {f["path"] for f in files}
+    assert done["workspace_edits"] == []  # kept: recorded, no longer hand edits
 
 
 def test_metrics_parse_and_their_counters_move(api):
