@@ -61,7 +61,7 @@ class InvalidTransition(WTBError):
         self.hint = hint
 
     def __str__(self) -> str:
-        text = f"cannot {self.action} execution {self.execution_id}: it is {self.status}"
+        text = f"cannot {_verb(self.action)} execution {self.execution_id}: it is {self.status}"
         return f"{text} ({self.hint})" if self.hint else text
 
 
@@ -136,7 +136,7 @@ class WorkspaceEdited(InvalidTransition):
             how = ("keep them to go on from these files (wtb resume --keep-edits; "
                    '"workspace_edits": "keep"), or ' if self.action == "resume" else "")
             how += 'discard them (--discard-edits; "workspace_edits": "discard")'
-        return (f"cannot {self.action} execution {self.execution_id}: its workspace "
+        return (f"cannot {_verb(self.action)} execution {self.execution_id}: its workspace "
                 f"{self.path} was changed since checkpoint {self.checkpoint_id} ({listed}); "
                 + how)
 
@@ -158,3 +158,8 @@ class CompensationFailed(WTBError):
         return (f"rollback of execution {self.execution_id} stopped: compensation {self.fn} "
                 f"registered by node {self.node!r} (step {self.step}) raised "
                 f"{self.error_type}: {self.error_message}; fix it and run the rollback again")
+
+
+def _verb(action: str) -> str:
+    """An action's name as a verb in a sentence ("rollback" is the noun)."""
+    return "roll back" if action == "rollback" else action
