@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import side_effects
+from tests import side_effects, workflows
 from tests.integration.test_workspace import make_bench, picture, run_recording
 from wtb_ray import InvalidInput, Status
 from wtb_ray.domain.errors import InvalidTransition, StorageError, WorkspaceEdited
@@ -181,6 +181,41 @@ def test_a_created_run_edited_before_its_start_is_refused_unless_told(make_bench
     assert (ws / "brief.txt").read_text() == "as given\n"
     started = [e for e in bench.history(ex.id) if e.kind == "execution.started"][-1]
     assert started.data["discarded_edits"] == ["modified brief.txt"]
+
+
+def test_a_checkpoint_is_compared_with_its_directory_as_it_is_now(make_bench, tmp_path):
+    """`wtb diff CHECKPOINT`: what changed in the directory since, text files as unified
+    diffs of their bytes on disk, and nothing written to the store."""
+    bench = make_bench()
+    ws = tmp_path / "ws"
+    ex, _ = paused_after_modify(bench, ws)
+    head = bench.get(ex.id).head_checkpoint_id
+    nothing = bench.diff_workspace(head)
+    assert nothing["files"] == {"added": [], "removed": [], "changed": []}
+    edit(ws)
+    before = bench.store.table_counts()
+    result = bench.diff_workspace(head)
+    assert (result["a"], result["b"], result["state"], result["workspace"]) == (
+        head, None, None, str(ws))
+    assert [f["path"] for f in result["files"]["added"]] == ["extra.txt"]
+    assert [f["path"] for f in result["files"]["removed"]] == ["data/small.json"]
+    (notes,) = result["files"]["changed"]
+    assert notes["path"] == "notes.txt" and (notes["a"]["size"], notes["b"]["size"]) == (
+        len("line 1\nline 2\nline 3\n"), len("line 1\nline 2\nline 3\na line typed by hand\n"))
+    assert notes["diff"].startswith(f"--- checkpoint-{head}/notes.txt\n+++ workspace/notes.txt\n")
+    assert notes["diff"].endswith(" line 3\n+a line typed by hand\n")
+    assert bench.store.table_counts() == before
+    # Against an earlier checkpoint: everything the last node did as well.
+    first = min(c.id for c in bench.checkpoints(ex.id))
+    added = {f["path"] for f in bench.diff_workspace(first)["files"]["added"]}
+    assert {"extra.txt", "new.txt", "notes.txt", "data/big.bin"} <= added
+    shutil.rmtree(ws)
+    with pytest.raises(InvalidInput, match=f"workspace '{ws}' of execution {ex.id} is not on "
+                                           "this machine"):
+        bench.diff_workspace(head)
+    plain = bench.run(workflows.chain, {"seed": 1})
+    with pytest.raises(InvalidInput, match=f"execution {plain.id} has no workspace"):
+        bench.diff_workspace(plain.head_checkpoint_id)
 
 
 def test_resuming_a_paused_run_whose_files_are_as_recorded_asks_nothing(make_bench, tmp_path):

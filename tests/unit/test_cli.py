@@ -216,6 +216,12 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
         'these files (wtb resume --keep-edits; "workspace_edits": "keep"), or discard them '
         '(--discard-edits; "workspace_edits": "discard")')
     assert counts() == before and (ws / "new.txt").read_text() == "changed by hand\n"
+    head = run["head_checkpoint_id"]
+    assert cli("diff", str(head)).stdout.splitlines() == [  # what they are, line by line
+        f"checkpoint {head} -> workspace {ws} (as it is now)", "~ file new.txt",
+        f"--- checkpoint-{head}/new.txt", "+++ workspace/new.txt", "@@ -1 +1 @@", "-new",
+        "+changed by hand"]
+    assert counts() == before
     both = cli("resume", run["id"], "--keep-edits", "--discard-edits")
     assert both.exit_code == 2
     assert "--keep-edits and --discard-edits exclude each other" in both.stderr
@@ -228,6 +234,10 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
     assert f"{run['head_checkpoint_id'] + 1}  step 2  patch (files kept)  -> delete" in cli(
         "checkpoints", run["id"]).stdout
     assert as_json(cli("show", run["id"], "--json"))["workspace_edits"] == []
+    plain = as_json(cli("run", REF, "--json"))["execution"]
+    no_files = cli("diff", str(plain["head_checkpoint_id"]))
+    assert no_files.exit_code == 2
+    assert no_files.stderr.strip() == f"error: execution {plain['id']} has no workspace"
 
 
 def test_diff_shows_a_unified_diff_of_text_state_values(cli):

@@ -1,4 +1,5 @@
-"""`wtb files` (a checkpoint's workspace tree) and `wtb diff` (two checkpoints compared)."""
+"""`wtb files` (a checkpoint's workspace tree) and `wtb diff` (two checkpoints compared, or a
+checkpoint and its workspace directory as it is now)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,11 @@ def files(execution_id: str,
 
 
 def _print_diff(result: dict[str, Any]) -> None:
-    state, changes = result["state"], result["files"]
-    out.print(f"checkpoint {result['a']} -> {result['b']}", highlight=False)
+    changes = result["files"]
+    state = result["state"] or {"added": {}, "removed": {}, "changed": {}}  # None: a directory
+    other = (str(result["b"]) if result["b"] is not None
+             else f"workspace {result['workspace']} (as it is now)")
+    out.print(f"checkpoint {result['a']} -> {other}", highlight=False)
     if not any(state.values()) and not any(changes.values()):
         out.print("no differences", highlight=False)
     for key, value in state["added"].items():
@@ -102,11 +106,14 @@ def _what_changed(item: dict[str, Any]) -> str:
 @app.command()
 @guarded
 def diff(checkpoint_a: Annotated[str, typer.Argument(metavar="CHECKPOINT_A")],
-         checkpoint_b: Annotated[str, typer.Argument(metavar="CHECKPOINT_B")],
+         checkpoint_b: Annotated[str | None, typer.Argument(metavar="[CHECKPOINT_B]")] = None,
          json_out: JsonOpt = False, db: DbOpt = None) -> None:
-    """Which state keys and workspace files differ between two checkpoints."""
+    """Which state keys and workspace files differ between two checkpoints. With one: which
+    files differ between it and its execution's workspace directory as it is now (after
+    the head checkpoint: the changes made by hand that a resume would ask about)."""
     with open_bench(db) as bench:
-        result = bench.diff(checkpoint_a, checkpoint_b)
+        result = (bench.diff(checkpoint_a, checkpoint_b) if checkpoint_b is not None
+                  else bench.diff_workspace(checkpoint_a))
         if json_out:
             print(json.dumps(result))
         else:

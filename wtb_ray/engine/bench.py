@@ -215,6 +215,14 @@ class Bench:
                 for c in (checkpoint_a, checkpoint_b))
         return diff.diff(self.store, a, b)
 
+    def diff_workspace(self, checkpoint: int | str) -> dict[str, Any]:
+        """Workspace files that differ between a checkpoint and its execution's directory as
+        it is now (against the head: the hand edits a resume would ask about), as ``diff``
+        gives them. Nothing is written to the store."""
+        a = self.store.checkpoint(checkpoints.checkpoint_id(checkpoint))
+        ws = workspaces.open_here(self.store, self.settings, self.store.execution(a.execution_id))
+        return diff.diff_directory(self.store, a, str(ws.path), ws.compare(a.workspace_tree)[1])
+
     def compensations(self, execution_id: str) -> list[dict[str, Any]]:
         """The undo actions the execution's nodes registered, oldest first, with status."""
         self.store.execution(execution_id)

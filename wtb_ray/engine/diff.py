@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import os
+from collections.abc import Iterable
 from typing import Any
 
 from wtb_ray.domain.checkpoint import Checkpoint
@@ -64,7 +66,20 @@ def _may_be_text(x: list[Any], y: list[Any]) -> bool:
 
 def _text_of(chunks: list[str], data: dict[str, bytes]) -> str | None:
     """A file's text from its chunks, or None if it is binary (a NUL, or not UTF-8)."""
-    raw = b"".join(data[c] for c in chunks)
+    return _decoded(b"".join(data[c] for c in chunks))
+
+
+def _text_on_disk(path: str) -> str | None:
+    """A file's text as it is now, or None if it is binary, gone or grown past the limit."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(TEXT_DIFF_MAX + 1)
+    except OSError:
+        return None
+    return _decoded(raw) if len(raw) <= TEXT_DIFF_MAX else None
+
+
+def _decoded(raw: bytes) -> str | None:
     if b"\0" in raw:
         return None
     try:
@@ -76,11 +91,13 @@ def _text_of(chunks: list[str], data: dict[str, bytes]) -> str | None:
 Changed = tuple[dict[str, Any], list[Any], list[Any]]  # (item, entry in a, entry in b)
 
 
-def _text_diffs(store: Any, changed: list[Changed], la: str, lb: str, budget: int) -> int:
+def _text_diffs(store: Any, changed: list[Changed], la: str, lb: str, budget: int,
+                live: str | None = None) -> int:
     """Set the unified diff of each changed item whose two sides are text, reading at most
     ``budget`` bytes of files, FETCH_BYTES or so per transaction. Items that may be text
     and were left without a diff once the budget was spent get ``diff_left_out``; returns
-    their count."""
+    their count. With ``live`` (a directory) the second side is read from there, not from
+    the store."""
     batches: list[list[Changed]] = [[]]
     size = left_out = 0
     for c in changed:
@@ -101,9 +118,12 @@ def _text_diffs(store: Any, changed: list[Changed], la: str, lb: str, budget: in
     for batch in batches:
         if not batch:
             continue
-        data = store.run(blob_io.fetch, {h for _, x, y in batch for h in (*x[3], *y[3])})
+        data = store.run(blob_io.fetch, {h for _, x, y in batch
+                                         for h in (x[3] if live else (*x[3], *y[3]))})
         for item, x, y in batch:
-            old, new = _text_of(x[3], data), _text_of(y[3], data)
+            old = _text_of(x[3], data)
+            new = (_text_on_disk(os.path.join(live, item["path"])) if live
+                   else _text_of(y[3], data))
             # The same text under other chunk names (a store from before BLAKE3): no diff.
             if old is not None and new is not None and old != new:
                 item["diff"] = unified(old, new, item["path"], la, lb)
@@ -127,9 +147,31 @@ def diff(store: Any, a: Checkpoint, b: Checkpoint,
             text = (unified(state_a[key], state_b[key], key, la, lb)
                     if isinstance(state_a[key], str) and isinstance(state_b[key], str) else None)
             state["changed"][key] = {"a": state_a[key], "b": state_b[key], "diff": text}
+    changes, changed = _file_changes(TreeReader(store).diff(a.workspace_tree, b.workspace_tree))
+    left_out = _text_diffs(store, changed, la, lb, text_budget)
+    return {"a": a.id, "b": b.id, "state": state, "files": changes,
+            "text_diffs_left_out": left_out}
+
+
+def diff_directory(store: Any, a: Checkpoint, path: str,
+                   differences: Iterable[tuple[str, Any, Any]],
+                   text_budget: int = TEXT_DIFF_TOTAL) -> dict[str, Any]:
+    """Workspace files that differ between checkpoint ``a`` and the directory ``path`` as it
+    is now (``differences``: Workspace.compare's), as ``diff`` gives them, the text of the
+    directory's side read from the directory. ``b`` is None and ``state`` None: a directory
+    has no state."""
+    changes, changed = _file_changes(differences)
+    left_out = _text_diffs(store, changed, f"checkpoint-{a.id}", "workspace", text_budget,
+                           live=path)
+    return {"a": a.id, "b": None, "workspace": path, "state": None, "files": changes,
+            "text_diffs_left_out": left_out}
+
+
+def _file_changes(differences: Iterable[tuple[str, Any, Any]]
+                  ) -> tuple[dict[str, list[dict[str, Any]]], list[Changed]]:
     changes: dict[str, list[dict[str, Any]]] = {"added": [], "removed": [], "changed": []}
     changed: list[Changed] = []
-    for path, x, y in TreeReader(store).diff(a.workspace_tree, b.workspace_tree):
+    for path, x, y in differences:
         if x is None:
             changes["added"].append(describe(path, y))
         elif y is None:
@@ -138,6 +180,4 @@ def diff(store: Any, a: Checkpoint, b: Checkpoint,
             item = {"path": path, "a": describe(path, x), "b": describe(path, y), "diff": None}
             changes["changed"].append(item)
             changed.append((item, x, y))
-    left_out = _text_diffs(store, changed, la, lb, text_budget)
-    return {"a": a.id, "b": b.id, "state": state, "files": changes,
-            "text_diffs_left_out": left_out}
+    return changes, changed

@@ -121,6 +121,18 @@ def open_for(store: Any, settings: Settings, ex: Execution) -> Workspace | None:
                      settings.workspace_max_file_bytes, watch=settings.workspace_watch)
 
 
+def open_here(store: Any, settings: Settings, ex: Execution) -> Workspace:
+    """``ex``'s workspace, refused (naming it) if it has none or its directory is not here:
+    for looking at what the directory holds now."""
+    ws = open_for(store, settings, ex)
+    if ws is None:
+        raise InvalidInput(f"execution {ex.id} has no workspace")
+    if not ws.path.is_dir():
+        raise InvalidInput(f"workspace {str(ws.path)!r} of execution {ex.id} is not on this "
+                           "machine (removed, or made on another one)")
+    return ws
+
+
 def remove_managed(settings: Settings, execution_id: str) -> str | None:
     """Remove a deleted execution's workspace if WTB made it (under WTB_HOME/workspaces);
     a directory the user named is theirs to keep. None once it is gone, else what is left

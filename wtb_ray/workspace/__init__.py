@@ -129,6 +129,20 @@ class Workspace:
         | "removed")] in path order). Files the stat index vouches for are not read. With
         ``record`` the tree's new blobs are stored, as by ``snapshot``; else nothing is
         written to the store. The directory must exist."""
+        root, differences = self.compare(against, record)
+        changes: list[tuple[str, str]] = []
+        for path, x, y in differences:
+            if changes and changes[-1][0] == path:  # a file now an empty directory, or back
+                changes[-1] = (path, "modified")
+            else:
+                changes.append((path, "added" if x is None else "removed" if y is None
+                                else "modified"))
+        return root, changes
+
+    def compare(self, against: str | None, record: bool = False
+                ) -> tuple[str, list[tuple[str, list[Any] | None, list[Any] | None]]]:
+        """As ``scan``, with each difference as (path, its entry in ``against``, its entry
+        now), as TreeReader.diff gives them (a path whose type changed may come twice)."""
         against = against or EMPTY_TREE
         self.known.update(self.reader.blobs(against))  # what the index vouches for: not read
         reader = self.reader
@@ -143,14 +157,7 @@ class Workspace:
                 root, _ = snap.run()
             self.save_index()
             reader = TreeOverlay(self.store, {h: entries for entries, h in snap.trees.values()})
-        changes: list[tuple[str, str]] = []
-        for path, x, y in reader.diff(against, root):
-            if changes and changes[-1][0] == path:  # a file now an empty directory, or back
-                changes[-1] = (path, "modified")
-            else:
-                changes.append((path, "added" if x is None else "removed" if y is None
-                                else "modified"))
-        return root, changes
+        return root, list(reader.diff(against, root))
 
     @contextmanager
     def _naming_the_file(self, what: str) -> Iterator[None]:
