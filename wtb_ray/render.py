@@ -51,8 +51,9 @@ def execution(console: Console, ex: Execution, state: dict[str, Any] | None = No
         shown = ", ".join(edits[:EDITS_SHOWN]) + (
             f" and {len(edits) - EDITS_SHOWN} more" if len(edits) > EDITS_SHOWN else "")
         console.print(f"  [yellow]changed by hand[/] since checkpoint {ex.head_checkpoint_id}: "
-                      f"{escape(shown)} (resume --keep-edits or --discard-edits; rollback "
-                      "--discard-edits)", highlight=False)
+                      f"{escape(shown)} (wtb diff {ex.head_checkpoint_id} shows them; resume "
+                      "--keep-edits or --discard-edits; rollback --discard-edits)",
+                      highlight=False)
     if ex.control:
         console.print(f"  [yellow]{ex.control} requested[/]: honoured at the next node boundary")
     if ex.error:

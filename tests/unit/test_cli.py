@@ -206,7 +206,8 @@ def test_resume_over_hand_edits_says_what_changed_and_goes_on_only_when_told(cli
     before = counts()
     shown = cli("show", run["id"]).stdout.splitlines()
     assert (f"  changed by hand since checkpoint {run['head_checkpoint_id']}: modified new.txt "
-            "(resume --keep-edits or --discard-edits; rollback --discard-edits)") in shown
+            f"(wtb diff {run['head_checkpoint_id']} shows them; resume --keep-edits or "
+            "--discard-edits; rollback --discard-edits)") in shown
     assert as_json(cli("show", run["id"], "--json"))["workspace_edits"] == ["modified new.txt"]
     refused = cli("resume", run["id"])
     assert refused.exit_code == 2 and refused.stdout == ""
