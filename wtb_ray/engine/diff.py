@@ -70,9 +70,11 @@ def _text_of(chunks: list[str], data: dict[str, bytes]) -> str | None:
 
 
 def _text_on_disk(path: str) -> str | None:
-    """A file's text as it is now, or None if it is binary, gone or grown past the limit."""
+    """A file's text as it is now, or None if it is binary, gone (or no longer a file) or
+    grown past the limit."""
     try:
-        with open(path, "rb") as f:
+        # A link put there since is not followed; a directory fails to read.
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
             raw = f.read(TEXT_DIFF_MAX + 1)
     except OSError:
         return None
