@@ -257,7 +257,17 @@ def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):
     assert "has no workspace" in no_workspace.json()["error"]["message"]
     assert api.client.get(f"/v1/executions/{ex_id}/files",
                           params={"at": 0}).json()["error"]["field"] == "at"
-    assert api.client.get("/v1/diff", params={"a": after_create}).json()["error"]["field"] == "b"
+    # Without b: against the directory as it is now (rolled back to after_create's files).
+    live = api.client.get("/v1/diff", params={"a": after_create}).json()
+    assert (live["b"], live["state"], live["workspace"]) == (None, None, str(ws))
+    assert live["files"] == {"added": [], "removed": [], "changed": []}
+    (ws / "notes.txt").write_text("line 1\nline 2\nby hand\n")
+    (changed_now,) = api.client.get("/v1/diff", params={"a": after_create}).json()["files"][
+        "changed"]
+    assert changed_now["diff"].endswith(" line 2\n+by hand\n")
+    plain = api.client.get("/v1/diff", params={"a": other_head["execution"]["head_checkpoint_id"]})
+    assert plain.status_code == 422 and plain.json()["error"]["field"] == "b"
+    assert "has no workspace; give b" in plain.json()["error"]["message"]
     missing = api.client.get("/v1/diff", params={"a": after_create, "b": 2**62})
     assert missing.status_code == 404, missing.text
 
