@@ -106,7 +106,7 @@ def _what_changed(item: dict[str, Any]) -> str:
 @app.command()
 @guarded
 def diff(checkpoint_a: Annotated[str, typer.Argument(metavar="CHECKPOINT_A")],
-         checkpoint_b: Annotated[str | None, typer.Argument(metavar="[CHECKPOINT_B]")] = None,
+         checkpoint_b: Annotated[str | None, typer.Argument(metavar="CHECKPOINT_B")] = None,
          json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Which state keys and workspace files differ between two checkpoints. With one: which
     files differ between it and its execution's workspace directory as it is now (after
