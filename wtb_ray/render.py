@@ -128,7 +128,7 @@ def history(console: Console, events: list[Event]) -> None:
                           if v not in (None, {}, []))
         clock = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at % 1 * 1000):03d}"
         table.add_row(clock, e.kind, e.node or "", str(e.checkpoint_id or ""), detail,
-                      style="red" if e.kind.endswith("failed") else None)
+                      style="red" if e.kind.endswith(("failed", "refused")) else None)
     console.print(table, markup=False, highlight=False)
 
 

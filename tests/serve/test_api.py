@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import side_effects
 from tests.conftest import ROOT
+from wtb_ray.engine.bench import Bench
 
 BATCH = {
     "workflow": "astro-qa", "name": "http-batch",
@@ -30,17 +31,18 @@ BATCH = {
 }
 
 
-def follow_events(api, batch_id: str, timeout: float = 180,
-                  drop_after: int = 5) -> tuple[list[dict], int]:
-    """Read /v1/events to the batch's end, reconnecting with Last-Event-ID whenever a stream
-    ends: the server ends each after a few seconds here, and this client hangs up once by
-    itself after ``drop_after`` events. Returns the events and the number of reconnects."""
+def follow_events(api, params: dict[str, str], last_kind: str = "batch.completed",
+                  timeout: float = 180, drop_after: int = 5) -> tuple[list[dict], int]:
+    """Read /v1/events (filtered by ``params``) to the first event of ``last_kind``,
+    reconnecting with Last-Event-ID whenever a stream ends: the server ends each after a few
+    seconds here, and this client hangs up once by itself after ``drop_after`` events.
+    Returns the events and the number of reconnects."""
     events, last, streams = [], None, 0
     deadline = time.time() + timeout
     while time.time() < deadline:
         headers = {"Last-Event-ID": str(last)} if last is not None else {}
         streams += 1
-        with api.client.stream("GET", "/v1/events", params={"batch_id": batch_id},
+        with api.client.stream("GET", "/v1/events", params=params,
                                headers=headers) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -52,7 +54,7 @@ def follow_events(api, batch_id: str, timeout: float = 180,
                         assert int(block["id"]) == event["id"] and block["event"] == event["kind"]
                         events.append(event)
                         last = event["id"]
-                        if event["kind"] == "batch.completed":
+                        if event["kind"] == last_kind:
                             return events, streams - 1
                         if len(events) == drop_after:
                             break  # hang up mid-stream
@@ -60,7 +62,7 @@ def follow_events(api, batch_id: str, timeout: float = 180,
                 elif not line.startswith(":"):
                     key, _, value = line.partition(": ")
                     block[key] = value
-    raise AssertionError(f"no batch.completed within {timeout} s ({len(events)} events)")
+    raise AssertionError(f"no {last_kind} within {timeout} s ({len(events)} events)")
 
 
 def test_the_orchestrator_is_up_once_the_application_is_ready(api):
@@ -103,7 +105,7 @@ def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api
     assert body["links"]["events"].endswith(f"/v1/events?batch_id={body['id']}")
     assert time.perf_counter() - started < 60  # it did not wait for the batch to run
 
-    events, reconnects = follow_events(api, body["id"])
+    events, reconnects = follow_events(api, {"batch_id": body["id"]})
     ids = [e["id"] for e in events]
     assert ids == sorted(set(ids)), "events repeated or out of order across reconnects"
     kinds = [e["kind"] for e in events]
@@ -126,6 +128,33 @@ def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api
     assert status["batch"]["status"] == "completed" and status["batch"]["completed"] == 12
     page = api.client.get("/v1/batches", params={"limit": 1}).json()
     assert len(page["batches"]) == 1 and page["next"].endswith("offset=1")
+
+
+def test_a_resume_refused_on_the_cluster_after_its_202_says_so_in_the_events(api):
+    """The ingress answered 202, but by the time the cluster task ran the run could no longer
+    be resumed (here it had completed: another client's resume won). The task's refusal is
+    in the execution's event feed and history; the run itself is left as it was."""
+    from actors.runs import drive
+
+    started = api.client.post("/v1/executions", json={"workflow": "chain", "input": {"seed": 1}})
+    assert started.status_code == 202, started.text
+    ex_id = started.json()["execution"]["id"]
+    done = api.wait_for(f"/v1/executions/{ex_id}",
+                        lambda b: b["execution"]["status"] == "completed")
+
+    answer = ray.get(drive.remote(api.settings.for_actors(), "resume", ex_id, {}), timeout=120)
+    assert answer.startswith(f"refused: cannot resume execution {ex_id}: it is completed")
+
+    events, _ = follow_events(api, {"execution_id": ex_id}, "execution.refused", timeout=60,
+                              drop_after=100)
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("execution.completed") < kinds.index("execution.refused")
+    assert events[-1]["data"] == {"action": "resume", "reason": answer[len("refused: "):],
+                                  "error": "InvalidTransition"}
+    after = api.client.get(f"/v1/executions/{ex_id}").json()
+    assert after["execution"] == done["execution"] and after["state"] == done["state"]
+    with Bench.open(api.settings) as bench:
+        assert bench.history(ex_id)[-1].kind == "execution.refused"
 
 
 def test_pause_resume_rollback_and_fork_over_http(api):

@@ -227,6 +227,14 @@ class Store:
                 conn.execute(insert(outbox), [rows.outbox_row(event)])
             return bool(done)
 
+    def record(self, event: Event) -> None:
+        """An event that changes no column of its execution (a request refused after it was
+        accepted): its audit entry and outbox row only. The version is left as it is, so a
+        runner's fence is not failed by a note about it."""
+        with self.write() as conn:
+            conn.execute(insert(audit_log), [rows.audit_row(event)])
+            conn.execute(insert(outbox), [rows.outbox_row(event)])
+
     def renew_leases(self, owner: str, execution_ids: list[str], until: float) -> int:
         with self.write() as conn:
             return conn.execute(
