@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from serve.context import BadField
 from wtb_ray.domain.errors import (
     ConcurrencyConflict,
+    HasForks,
     InvalidInput,
     InvalidTransition,
     NotFound,
@@ -22,8 +23,8 @@ from wtb_ray.domain.errors import (
 # Handlers are found by the exception's class hierarchy, so WTBError (500) answers only what
 # no subclass here does: a workspace file that cannot be recorded or restored, an undo action
 # that raised. Their messages name the file or the action.
-STATUS = {NotFound: 404, InvalidTransition: 409, ConcurrencyConflict: 409, InvalidInput: 422,
-          StorageError: 503, WTBError: 500}
+STATUS = {NotFound: 404, InvalidTransition: 409, ConcurrencyConflict: 409, HasForks: 409,
+          InvalidInput: 422, StorageError: 503, WTBError: 500}
 
 
 def error(status: int, message: str, field: str | None = None,

@@ -1,5 +1,5 @@
 """/v1/executions: start one run, list them, read one (its checkpoints, its workspace files)
-and control it (pause, stop, resume, rollback, fork). Runs happen in Ray tasks; what the
+and control it (pause, stop, resume, rollback, fork, delete). Runs happen in Ray tasks; what the
 caller can get wrong is answered on the request."""
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ def follow_up(*operations: str) -> dict:
                                          ("files", "_files_get"),
                                          ("pause", "_pause_post"), ("stop", "_stop_post"),
                                          ("resume", "_resume_post"),
-                                         ("rollback", "_rollback_post"), ("fork", "_fork_post"))
+                                         ("rollback", "_rollback_post"), ("fork", "_fork_post"),
+                                         ("delete", "_delete"))
                       if op in operations}}
 
 
-ALL = ("show", "checkpoints", "files", "pause", "stop", "resume", "rollback", "fork")
+ALL = ("show", "checkpoints", "files", "pause", "stop", "resume", "rollback", "fork", "delete")
 
 
 def view(request: Request, ex: Execution) -> dict[str, Any]:
@@ -163,6 +164,16 @@ def rollback(ctx: Ctx, execution_id: IdPath, body: RollbackIn, request: Request)
     except InvalidInput as exc:  # the target: a node that never ran, or not on this branch
         raise BadField("to", str(exc)) from None
     return {**view(request, ex), "state": ctx.bench.state(ex.id)}
+
+
+@router.delete("/{execution_id}")
+def delete(ctx: Ctx, execution_id: IdPath) -> dict[str, Any]:
+    """Delete the execution and its history, as `wtb delete` does: not while it runs (409),
+    nor while a fork of it exists (409, naming the forks). A workspace directory the server
+    made for it goes now; its stored files go at the next `wtb gc`, unless another execution
+    shares them."""
+    left = ctx.bench.delete(execution_id)
+    return {"deleted": execution_id, "workspace_not_removed": left}
 
 
 @router.post("/{execution_id}/fork", status_code=202, responses={202: follow_up(*ALL)})

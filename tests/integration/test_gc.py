@@ -3,6 +3,7 @@ remaining checkpoint reaches stays; retention never orphans a fork's origin; a b
 is about to reuse is never collected under it."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import select, update
 
 from wtb_ray import END, Workflow
 from wtb_ray.config import Settings
+from wtb_ray.domain.errors import HasForks, InvalidTransition, NotFound
 from wtb_ray.engine.bench import Bench
 from wtb_ray.storage import gc
 from wtb_ray.storage.schema import blobs
@@ -116,6 +118,43 @@ def test_retention_keeps_the_newest_and_every_origin_a_fork_needs(bench):
     assert not ours & set(doomed)
     doomed, _ = gc.expired(bench.store, finished_before=time.time() + 1)
     assert ours & set(doomed) == {runs[1].id, runs[2].id, runs[3].id}
+
+
+def test_delete_refuses_a_running_execution_and_an_origin_with_forks(bench, tmp_path):
+    """Neither is touched: the running one finishes, the origin and its fork stay whole."""
+    release = threading.Event()
+
+    def wait(state, ctx):
+        assert release.wait(60), "never released"
+        return {"waited": True}
+
+    held = Workflow("gcheld", nodes={"w": wait}, edges={"w": END}, entry="w")
+    ex = bench.create(held, {})
+    worker = threading.Thread(target=bench.start, args=(ex.id,))
+    worker.start()
+    try:
+        deadline = time.time() + 30
+        while bench.get(ex.id).status.value != "running" and time.time() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(InvalidTransition, match=f"cannot delete execution {ex.id}: it is "
+                                                    "running .*stop it first"):
+            bench.delete(ex.id)
+    finally:
+        release.set()
+        worker.join(60)
+    assert bench.get(ex.id).status.value == "completed"
+
+    origin = bench.run(files_wf, {"name": "origin"}, workspace=True)
+    fork = bench.fork(origin.id, run=False)
+    with pytest.raises(HasForks, match=f"{origin.id} has forks .*\\({fork.id}\\): delete "
+                                       "them first"):
+        bench.delete(origin.id)
+    assert (tmp_path / "workspaces" / origin.id / "own.txt").exists()
+    assert bench.state(origin.id) == {"name": "origin", "report": "origin " * 20}
+    bench.delete(fork.id)
+    bench.delete(origin.id)
+    with pytest.raises(NotFound):
+        bench.get(origin.id)
 
 
 def test_wtb_gc_and_delete_from_the_command_line(durable_url, tmp_path):

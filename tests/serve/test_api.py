@@ -93,7 +93,7 @@ def test_every_other_route_needs_the_bearer_token(api):
                 assert response.status_code == 401, (method, path, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
                 checked += 1
-    assert checked == 3 * 19  # 5 batch, 10 execution, diff, events, workflows, metrics
+    assert checked == 3 * 20  # 5 batch, 11 execution, diff, events, workflows, metrics
 
 
 def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api):
@@ -206,6 +206,43 @@ def test_pause_resume_rollback_and_fork_over_http(api):
     first = api.client.get("/v1/executions", params={"limit": 1}).json()
     assert first["executions"][0]["id"] == ids[0] and first["next"].endswith("offset=1")
     assert api.client.post("/v1/batches/nope/cancel").status_code == 404
+
+
+def test_delete_over_http(api):
+    """An origin with a fork is refused (409, naming the fork); the fork, then the origin,
+    are deleted with the directory the server made for the origin's files."""
+    started = api.client.post("/v1/executions", json={"workflow": "files", "workspace": True})
+    assert started.status_code == 202, started.text
+    ex_id = started.json()["execution"]["id"]
+    done = api.wait_for(f"/v1/executions/{ex_id}",
+                        lambda b: b["execution"]["status"] in ("completed", "failed"))
+    assert done["execution"]["status"] == "completed", done["execution"]
+    ws = Path(done["execution"]["workspace"]["path"])
+    forked = api.client.post(f"/v1/executions/{ex_id}/fork", json={"run": False})
+    assert forked.status_code == 202, forked.text
+    fork_id = forked.json()["execution"]["id"]
+
+    refused = api.client.delete(f"/v1/executions/{ex_id}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["message"] == (
+        f"execution {ex_id} has forks that depend on its checkpoints ({fork_id}): "
+        "delete them first")
+    assert api.client.get(f"/v1/executions/{ex_id}").status_code == 200 and ws.is_dir()
+
+    for gone in (fork_id, ex_id):
+        deleted = api.client.delete(f"/v1/executions/{gone}")
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json() == {"deleted": gone, "workspace_not_removed": None}
+        assert api.client.get(f"/v1/executions/{gone}").status_code == 404
+    assert not ws.exists()
+    again = api.client.delete(f"/v1/executions/{ex_id}")
+    assert again.status_code == 404 and ex_id in again.json()["error"]["message"]
+
+    spec = api.client.get("/openapi.json").json()
+    operations = {op["operationId"] for item in spec["paths"].values() for op in item.values()}
+    links = spec["paths"]["/v1/executions"]["post"]["responses"]["202"]["links"]
+    assert {link["operationId"] for link in links.values()} <= operations
+    assert "delete" in links
 
 
 def test_a_workspace_run_over_http_lists_its_files_diffs_and_rolls_back(api):

@@ -65,6 +65,19 @@ class InvalidTransition(WTBError):
         return f"{text} ({self.hint})" if self.hint else text
 
 
+class HasForks(InvalidInput):
+    """An execution cannot be deleted while forks depend on its checkpoints."""
+
+    def __init__(self, execution_id: str, forks: list[str]) -> None:
+        super().__init__(execution_id, forks)
+        self.execution_id = execution_id
+        self.forks = forks
+
+    def __str__(self) -> str:
+        return (f"execution {self.execution_id} has forks that depend on its checkpoints "
+                f"({', '.join(self.forks)}): delete them first")
+
+
 class SerializationError(InvalidInput):
     """A state value cannot be stored safely; names the node and the state key."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import InvalidInput, InvalidTransition
+from wtb_ray.domain.errors import HasForks, InvalidInput, InvalidTransition
 from wtb_ray.domain.events import Event, EventBus
 from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
 from wtb_ray.domain.graph import Workflow
@@ -173,8 +173,7 @@ class Bench:
                                     f"it is held by {ex.lease_owner}; stop it first")
         forks = gc.forks_of(self.store, ex.id)
         if forks:
-            raise InvalidInput(f"execution {ex.id} has forks that depend on its checkpoints "
-                               f"({', '.join(forks)}): delete them first")
+            raise HasForks(ex.id, forks)
         gc.delete_executions(self.store, [ex.id])
         left = workspaces.remove_managed(self.settings, ex.id)
         if left is not None:
