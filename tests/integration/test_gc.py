@@ -13,6 +13,7 @@ from wtb_ray import END, Workflow
 from wtb_ray.config import Settings
 from wtb_ray.domain.errors import HasForks, InvalidTransition, NotFound
 from wtb_ray.engine.bench import Bench
+from wtb_ray.engine.lease import is_held
 from wtb_ray.storage import gc
 from wtb_ray.storage.schema import blobs
 from wtb_ray.storage.store import Store
@@ -155,6 +156,54 @@ def test_delete_refuses_a_running_execution_and_an_origin_with_forks(bench, tmp_
     bench.delete(origin.id)
     with pytest.raises(NotFound):
         bench.get(origin.id)
+
+
+def test_a_deletion_decides_again_on_what_changed_since_it_was_chosen(bench):
+    """Retention and `delete` choose from an earlier read; the deleting transaction checks
+    again: a run claimed since, a finished run rolled back since, an origin forked since,
+    all stay whole (and the claimed run finishes)."""
+    release = threading.Event()
+
+    def wait(state, ctx):
+        assert release.wait(60), "never released"
+        return {"waited": True}
+
+    held = Workflow("gcheld2", nodes={"w": wait}, edges={"w": END}, entry="w")
+    pending = bench.create(held, {})  # chosen while pending ...
+    worker = threading.Thread(target=bench.start, args=(pending.id,))
+    worker.start()  # ... then claimed
+    try:
+        deadline = time.time() + 30
+        while bench.get(pending.id).status.value != "running" and time.time() < deadline:
+            time.sleep(0.01)
+        assert gc.delete_executions(bench.store, [pending.id], may_go=lambda e: not is_held(e)
+                                    ) == []
+    finally:
+        release.set()
+        worker.join(60)
+    assert bench.get(pending.id).status.value == "completed"
+    assert bench.state(pending.id) == {"waited": True}
+
+    finished = lambda ex: ex.status.value in gc.FINISHED  # noqa: E731 - retention's test
+    rolled = bench.run(files_wf, {"name": "rolled"}, workspace=True)
+    origin = bench.run(files_wf, {"name": "origin"}, workspace=True)
+    gone = bench.run(files_wf, {"name": "gone"}, workspace=True)
+    bench.rollback(rolled.id, rolled.head_checkpoint_id - 1)  # paused now: not finished
+    fork = bench.fork(origin.id, run=False)
+    origin_checkpoints = bench.checkpoints(origin.id)
+    deleted = gc.delete_executions(bench.store, [rolled.id, origin.id, gone.id], may_go=finished)
+    assert deleted == [gone.id]
+    assert bench.get(rolled.id).status.value == "paused"
+    assert bench.checkpoints(origin.id) == origin_checkpoints
+    assert bench.state(fork.id) == bench.state(origin.id)
+    # A fork that stays (paused: retention keeps it) keeps its origin; one deleted in the
+    # same call, here in its second group of 100, does not.
+    assert gc.delete_executions(bench.store, [origin.id, fork.id], may_go=finished) == []
+    padded = [origin.id, *(f"none{i}" for i in range(99)), fork.id]
+    assert gc.delete_executions(bench.store, padded) == [origin.id, fork.id]
+    for ex_id in (origin.id, fork.id):
+        with pytest.raises(NotFound):
+            bench.get(ex_id)
 
 
 def test_wtb_gc_and_delete_from_the_command_line(durable_url, tmp_path):

@@ -82,7 +82,9 @@ def gc(grace: Annotated[float | None, typer.Option(
         deleted_dirs = deleted_leftovers(bench.settings)
         failed: list[str | None] = []  # what could not be removed, and why
         if not dry_run:
-            collector.delete_executions(bench.store, doomed, progress)
+            doomed = collector.delete_executions(  # each checked again as it goes
+                bench.store, doomed, progress,
+                may_go=lambda ex: ex.status.value in collector.FINISHED)
             for ex_id in doomed:  # the rows are gone; the directory WTB made for it too
                 failed.append(remove_managed(bench.settings, ex_id))
         report = collector.collect(bench.store, grace_s, dry_run=dry_run, progress=progress)

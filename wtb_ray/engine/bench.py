@@ -13,13 +13,18 @@ from typing import Any
 
 from wtb_ray.config import Settings
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
-from wtb_ray.domain.errors import HasForks, InvalidInput, InvalidTransition
+from wtb_ray.domain.errors import (
+    ConcurrencyConflict,
+    HasForks,
+    InvalidInput,
+    InvalidTransition,
+)
 from wtb_ray.domain.events import Event, EventBus
-from wtb_ray.domain.execution import REQUESTABLE, Execution, Status
+from wtb_ray.domain.execution import REQUESTABLE, Execution
 from wtb_ray.domain.graph import Workflow
 from wtb_ray.engine import checkpoints, claims, creation, diff, edits, forking, rollback, workspaces
 from wtb_ray.engine.calls import NodeCaller
-from wtb_ray.engine.lease import LeaseKeeper, lease_is_dead, new_owner
+from wtb_ray.engine.lease import LeaseKeeper, is_held, new_owner
 from wtb_ray.engine.loader import load_workflow
 from wtb_ray.engine.runner import RELEASE, Cursor, Run, Runner
 from wtb_ray.storage import compensation_sql, gc
@@ -167,14 +172,19 @@ class Bench:
         exists); its blobs go at the next ``wtb gc``, its WTB-made workspace directory now.
         Returns None, or what of that directory could not be removed and why (``wtb gc``
         removes it later)."""
-        ex = self.store.execution(execution_id)
-        if ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex):
-            raise InvalidTransition(ex.id, ex.status.value, "delete",
-                                    f"it is held by {ex.lease_owner}; stop it first")
-        forks = gc.forks_of(self.store, ex.id)
-        if forks:
-            raise HasForks(ex.id, forks)
-        gc.delete_executions(self.store, [ex.id])
+        for _ in range(3):  # checked again as it is deleted: if it changed, say how
+            ex = self.store.execution(execution_id)
+            if is_held(ex):
+                raise InvalidTransition(ex.id, ex.status.value, "delete",
+                                        f"it is held by {ex.lease_owner}; stop it first")
+            forks = gc.forks_of(self.store, ex.id)
+            if forks:
+                raise HasForks(ex.id, forks)
+            if gc.delete_executions(self.store, [ex.id], may_go=lambda e: not is_held(e)):
+                break
+        else:
+            raise ConcurrencyConflict(f"execution {execution_id} kept changing while it was "
+                                      "being deleted; try again")
         left = workspaces.remove_managed(self.settings, ex.id)
         if left is not None:
             log.warning("execution %s deleted; its workspace directory is not all gone (%s): "
@@ -276,8 +286,7 @@ class Bench:
 
     def _control(self, execution_id: str, action: str, kind: str) -> Execution:
         ex = self.store.execution(execution_id)
-        live = ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex)
-        if live or self.keeper.holds(ex.id):
+        if is_held(ex) or self.keeper.holds(ex.id):
             ex.check_request(action)
             event = ex.event("control.requested", action=action)
             if not self.store.request_control(ex.id, action, REQUESTABLE[action], event):

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from wtb_ray.domain.execution import Execution
+from wtb_ray.domain.execution import Execution, Status
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ def lease_is_dead(ex: Execution, now: float | None = None) -> bool:
     host, _, rest = ex.lease_owner.partition(":")
     pid = rest.partition(":")[0]
     return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def is_held(ex: Execution) -> bool:
+    """A live process is running it (or rolling it back)."""
+    return ex.status in (Status.RUNNING, Status.ROLLING_BACK) and not lease_is_dead(ex)
 
 
 class LeaseKeeper:

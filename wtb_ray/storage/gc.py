@@ -26,7 +26,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
 
-from wtb_ray.storage import blob_io, codec
+from wtb_ray.domain.execution import Execution
+from wtb_ray.storage import blob_io, codec, rows
 from wtb_ray.storage.schema import (
     audit_log,
     blobs,
@@ -211,18 +212,39 @@ def forks_of(store: Any, execution_id: str) -> list[str]:
         select(executions.c.id).where(executions.c.parent_execution_id == execution_id))])
 
 
-def delete_executions(store: Any, ids: list[str], progress: Progress = _quiet) -> int:
+def delete_executions(store: Any, ids: list[str], progress: Progress = _quiet, *,
+                      may_go: Callable[[Execution], bool] = lambda ex: True) -> list[str]:
     """Delete executions with their checkpoints, node runs, undo actions, audit and outbox
-    rows. Their blobs stay until ``collect`` finds them unreachable."""
+    rows; their blobs stay until ``collect`` finds them unreachable. Returns those deleted.
+
+    What the caller decided from an earlier read is decided again in the deleting
+    transaction, on rows no one else can change until it ends (locked on PostgreSQL; SQLite's
+    write lock is held from its start): an execution ``may_go`` no longer allows (a pending
+    run claimed meanwhile, a finished one rolled back and resumed) or that a fork committed
+    meanwhile descends from is left, and not returned."""
+    doomed = set(ids)
+    deleted: list[str] = []
     for i in range(0, len(ids), 100):
-        store.run(_delete_rows, ids[i:i + 100], write=True)
+        deleted += store.run(_delete_rows, ids[i:i + 100], doomed, may_go, write=True)
         progress("executions", min(i + 100, len(ids)), len(ids))
-    return len(ids)
+    return deleted
 
 
-def _delete_rows(conn: Connection, ids: list[str]) -> None:
-    for table in (compensations, node_boundaries, audit_log, checkpoints):
-        conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
-    conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
-                                      outbox.c.aggregate_id.in_(ids)))
-    conn.execute(delete(executions).where(executions.c.id.in_(ids)))
+def _delete_rows(conn: Connection, ids: list[str], doomed: set[str],
+                 may_go: Callable[[Execution], bool]) -> list[str]:
+    locked = conn.execute(select(executions).where(executions.c.id.in_(ids))
+                          .order_by(executions.c.id).with_for_update()).all()
+    going = {ex.id for ex in map(rows.execution_from_row, locked) if may_go(ex)}
+    # A fork that stays keeps its origin (and a kept origin, its own origin); one a later
+    # group of this deletion takes does not.
+    forks = conn.execute(select(executions.c.id, executions.c.parent_execution_id)
+                         .where(executions.c.parent_execution_id.in_(going))).all()
+    later = doomed.difference(ids)
+    going, _ = _without_fork_parents(going, [(f, None if f in later else p) for f, p in forks])
+    if going:
+        for table in (compensations, node_boundaries, audit_log, checkpoints):
+            conn.execute(delete(table).where(table.c.execution_id.in_(going)))
+        conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
+                                          outbox.c.aggregate_id.in_(going)))
+        conn.execute(delete(executions).where(executions.c.id.in_(going)))
+    return going
