@@ -197,13 +197,20 @@ def test_a_deletion_decides_again_on_what_changed_since_it_was_chosen(bench):
     assert bench.checkpoints(origin.id) == origin_checkpoints
     assert bench.state(fork.id) == bench.state(origin.id)
     # A fork that stays (paused: retention keeps it) keeps its origin; one deleted in the
-    # same call, here in its second group of 100, does not.
+    # same call does not: newest first, the fork goes in the group before its origin's ...
     assert gc.delete_executions(bench.store, [origin.id, fork.id], may_go=finished) == []
-    padded = [origin.id, *(f"none{i}" for i in range(99)), fork.id]
-    assert gc.delete_executions(bench.store, padded) == [origin.id, fork.id]
+    padded = [origin.id, *(f"{origin.id}-{i:02}" for i in range(99)), fork.id]  # between
+    assert gc.delete_executions(bench.store, padded) == [fork.id, origin.id]
     for ex_id in (origin.id, fork.id):
         with pytest.raises(NotFound):
             bench.get(ex_id)
+    # ... and one a later group takes (its id sorting first: a clock behind) lets it go too.
+    origin = bench.run(files_wf, {"name": "origin2"}, workspace=True)
+    fork = bench.fork(origin.id, run=False)
+    assert bench.store.run(gc._delete_rows, [origin.id], {fork.id}, lambda e: True,
+                           write=True) == [origin.id]
+    assert bench.store.run(gc._delete_rows, [fork.id], set(), lambda e: True,
+                           write=True) == [fork.id]
 
 
 def test_wtb_gc_and_delete_from_the_command_line(durable_url, tmp_path):

@@ -222,24 +222,28 @@ def delete_executions(store: Any, ids: list[str], progress: Progress = _quiet, *
     write lock is held from its start): an execution ``may_go`` no longer allows (a pending
     run claimed meanwhile, a finished one rolled back and resumed) or that a fork committed
     meanwhile descends from is left, and not returned."""
-    doomed = set(ids)
+    # Newest first (ids sort by creation time): a fork goes in a group before its origin's,
+    # which then sees whether the fork went or stayed.
+    ids = sorted(ids, reverse=True)
     deleted: list[str] = []
     for i in range(0, len(ids), 100):
-        deleted += store.run(_delete_rows, ids[i:i + 100], doomed, may_go, write=True)
+        deleted += store.run(_delete_rows, ids[i:i + 100], set(ids[i + 100:]), may_go,
+                             write=True)
         progress("executions", min(i + 100, len(ids)), len(ids))
     return deleted
 
 
-def _delete_rows(conn: Connection, ids: list[str], doomed: set[str],
+def _delete_rows(conn: Connection, ids: list[str], later: set[str],
                  may_go: Callable[[Execution], bool]) -> list[str]:
+    """``later``: the ids a later group of the same deletion takes."""
     locked = conn.execute(select(executions).where(executions.c.id.in_(ids))
                           .order_by(executions.c.id).with_for_update()).all()
     going = {ex.id for ex in map(rows.execution_from_row, locked) if may_go(ex)}
     # A fork that stays keeps its origin (and a kept origin, its own origin); one a later
-    # group of this deletion takes does not.
+    # group of this deletion takes does not (made within the same millisecond as its
+    # origin, or on a machine whose clock is behind).
     forks = conn.execute(select(executions.c.id, executions.c.parent_execution_id)
                          .where(executions.c.parent_execution_id.in_(going))).all()
-    later = doomed.difference(ids)
     going, _ = _without_fork_parents(going, [(f, None if f in later else p) for f, p in forks])
     if going:
         for table in (compensations, node_boundaries, audit_log, checkpoints):
