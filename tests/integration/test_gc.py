@@ -213,6 +213,31 @@ def test_a_deletion_decides_again_on_what_changed_since_it_was_chosen(bench):
                            write=True) == [fork.id]
 
 
+def test_a_batch_is_kept_whole(bench):
+    """Its cells are neither deleted one by one (its results count them; this used to fail
+    on the results' foreign key) nor chosen by retention, which deletes the runs beside it."""
+    from tests.integration.test_batch_local import matrix_spec
+    from wtb_ray.batch.local import run_local
+    from wtb_ray.batch.service import BatchService
+
+    service = BatchService(bench)
+    batch = run_local(service, service.submit(matrix_spec()).id)
+    cells = [c["id"] for c in service.batches.cells(batch.id)]
+    with pytest.raises(InvalidTransition, match=f"cannot delete execution {cells[0]}: it is "
+                                                f"completed \\(it is a cell of batch {batch.id}"):
+        bench.delete(cells[0])
+    alone = bench.run(Workflow("matrix", nodes={"w": write_files}, edges={"w": END},
+                               entry="w"), {"name": "alone"})  # same workflow name, no batch
+    newest = bench.run(Workflow("matrix", nodes={"w": write_files}, edges={"w": END},
+                                entry="w"), {"name": "newest"})
+    doomed, _ = gc.expired(bench.store, keep_last=1)
+    assert alone.id in doomed and newest.id not in doomed and not set(cells) & set(doomed)
+    assert gc.delete_executions(bench.store, [alone.id],
+                                may_go=lambda ex: ex.status.value in gc.FINISHED) == [alone.id]
+    assert len(service.batches.results(batch.id)) == len(cells) == 30
+    assert service.leaderboard(batch.id)
+
+
 def test_wtb_gc_and_delete_from_the_command_line(durable_url, tmp_path):
     import subprocess
 

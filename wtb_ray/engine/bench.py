@@ -169,11 +169,15 @@ class Bench:
 
     def delete(self, execution_id: str) -> str | None:
         """Delete an execution and its history (not while it runs, nor while a fork of it
-        exists); its blobs go at the next ``wtb gc``, its WTB-made workspace directory now.
-        Returns None, or what of that directory could not be removed and why (``wtb gc``
-        removes it later)."""
+        exists, nor a batch's cell); its blobs go at the next ``wtb gc``, its WTB-made
+        workspace directory now. Returns None, or what of that directory could not be removed
+        and why (``wtb gc`` removes it later)."""
         for _ in range(3):  # checked again as it is deleted: if it changed, say how
             ex = self.store.execution(execution_id)
+            if ex.batch_id is not None:
+                raise InvalidTransition(ex.id, ex.status.value, "delete",
+                                        f"it is a cell of batch {ex.batch_id}, whose results "
+                                        "count it: batches are kept whole")
             if is_held(ex):
                 raise InvalidTransition(ex.id, ex.status.value, "delete",
                                         f"it is held by {ex.lease_owner}; stop it first")

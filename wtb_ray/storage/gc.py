@@ -30,6 +30,7 @@ from wtb_ray.domain.execution import Execution
 from wtb_ray.storage import blob_io, codec, rows
 from wtb_ray.storage.schema import (
     audit_log,
+    batch_results,
     blobs,
     checkpoints,
     compensations,
@@ -176,7 +177,10 @@ def expired(store: Any, *, keep_last: int | None = None, finished_before: float 
         return [], []
     cols = (executions.c.id, executions.c.workflow_name, executions.c.status,
             executions.c.updated_at, executions.c.parent_execution_id)
-    rows = store.run(lambda c: c.execute(select(*cols).order_by(
+    # Batch cells are not counted: their batch's results count them, and batches are kept
+    # whole.
+    rows = store.run(lambda c: c.execute(select(*cols).where(
+        executions.c.batch_id.is_(None)).order_by(
         executions.c.created_at.desc(), executions.c.id)).all())
     seen: dict[str, int] = {}
     doomed: set[str] = set()
@@ -246,7 +250,7 @@ def _delete_rows(conn: Connection, ids: list[str], later: set[str],
                          .where(executions.c.parent_execution_id.in_(going))).all()
     going, _ = _without_fork_parents(going, [(f, None if f in later else p) for f, p in forks])
     if going:
-        for table in (compensations, node_boundaries, audit_log, checkpoints):
+        for table in (compensations, node_boundaries, audit_log, checkpoints, batch_results):
             conn.execute(delete(table).where(table.c.execution_id.in_(going)))
         conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
                                           outbox.c.aggregate_id.in_(going)))
