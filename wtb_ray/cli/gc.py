@@ -63,9 +63,9 @@ def gc(grace: Annotated[float | None, typer.Option(
        json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Delete blobs no checkpoint reaches; optionally drop old executions first.
 
-    Executions a remaining fork depends on are always kept. Also removes, under WTB_HOME, the
-    directories of forks whose process died before the fork was committed, and what deleting
-    executions could not remove of theirs.
+    Executions a remaining fork depends on are always kept, and so are batch cells (batches
+    are kept whole). Also removes, under WTB_HOME, the directories of forks whose process died
+    before the fork was committed, and what deleting executions could not remove of theirs.
     """
     from wtb_ray.storage import gc as collector
 
