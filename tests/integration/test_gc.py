@@ -5,6 +5,7 @@ is about to reuse is never collected under it."""
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select, update
@@ -121,28 +122,35 @@ def test_retention_keeps_the_newest_and_every_origin_a_fork_needs(bench):
     assert ours & set(doomed) == {runs[1].id, runs[2].id, runs[3].id}
 
 
-def test_delete_refuses_a_running_execution_and_an_origin_with_forks(bench, tmp_path):
-    """Neither is touched: the running one finishes, the origin and its fork stay whole."""
+@contextmanager
+def running(bench):
+    """An execution (created pending) running in another thread, its node held until the
+    block ends; then it completes."""
     release = threading.Event()
 
     def wait(state, ctx):
         assert release.wait(60), "never released"
         return {"waited": True}
 
-    held = Workflow("gcheld", nodes={"w": wait}, edges={"w": END}, entry="w")
-    ex = bench.create(held, {})
+    ex = bench.create(Workflow("gcheld", nodes={"w": wait}, edges={"w": END}, entry="w"), {})
     worker = threading.Thread(target=bench.start, args=(ex.id,))
     worker.start()
     try:
         deadline = time.time() + 30
         while bench.get(ex.id).status.value != "running" and time.time() < deadline:
             time.sleep(0.01)
-        with pytest.raises(InvalidTransition, match=f"cannot delete execution {ex.id}: it is "
-                                                    "running .*stop it first"):
-            bench.delete(ex.id)
+        yield ex
     finally:
         release.set()
         worker.join(60)
+
+
+def test_delete_refuses_a_running_execution_and_an_origin_with_forks(bench, tmp_path):
+    """Neither is touched: the running one finishes, the origin and its fork stay whole."""
+    with running(bench) as ex, pytest.raises(
+            InvalidTransition, match=f"cannot delete execution {ex.id}: it is running .*stop "
+                                     "it first"):
+        bench.delete(ex.id)
     assert bench.get(ex.id).status.value == "completed"
 
     origin = bench.run(files_wf, {"name": "origin"}, workspace=True)
@@ -162,25 +170,9 @@ def test_a_deletion_decides_again_on_what_changed_since_it_was_chosen(bench):
     """Retention and `delete` choose from an earlier read; the deleting transaction checks
     again: a run claimed since, a finished run rolled back since, an origin forked since,
     all stay whole (and the claimed run finishes)."""
-    release = threading.Event()
-
-    def wait(state, ctx):
-        assert release.wait(60), "never released"
-        return {"waited": True}
-
-    held = Workflow("gcheld2", nodes={"w": wait}, edges={"w": END}, entry="w")
-    pending = bench.create(held, {})  # chosen while pending ...
-    worker = threading.Thread(target=bench.start, args=(pending.id,))
-    worker.start()  # ... then claimed
-    try:
-        deadline = time.time() + 30
-        while bench.get(pending.id).status.value != "running" and time.time() < deadline:
-            time.sleep(0.01)
+    with running(bench) as pending:  # chosen while pending, then claimed
         assert gc.delete_executions(bench.store, [pending.id], may_go=lambda e: not is_held(e)
                                     ) == []
-    finally:
-        release.set()
-        worker.join(60)
     assert bench.get(pending.id).status.value == "completed"
     assert bench.state(pending.id) == {"waited": True}
 
@@ -226,10 +218,9 @@ def test_a_batch_is_kept_whole(bench):
     with pytest.raises(InvalidTransition, match=f"cannot delete execution {cells[0]}: it is "
                                                 f"completed \\(it is a cell of batch {batch.id}"):
         bench.delete(cells[0])
-    alone = bench.run(Workflow("matrix", nodes={"w": write_files}, edges={"w": END},
-                               entry="w"), {"name": "alone"})  # same workflow name, no batch
-    newest = bench.run(Workflow("matrix", nodes={"w": write_files}, edges={"w": END},
-                                entry="w"), {"name": "newest"})
+    beside = Workflow("matrix", nodes={"w": write_files}, edges={"w": END}, entry="w")
+    alone = bench.run(beside, {"name": "alone"})  # the batch's workflow's name, no batch
+    newest = bench.run(beside, {"name": "newest"})
     doomed, _ = gc.expired(bench.store, keep_last=1)
     assert alone.id in doomed and newest.id not in doomed and not set(cells) & set(doomed)
     assert gc.delete_executions(bench.store, [alone.id],
