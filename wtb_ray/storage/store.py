@@ -44,6 +44,12 @@ from wtb_ray.storage.schema import audit_log, executions, outbox
 log = logging.getLogger(__name__)
 
 
+def _insert_event(conn: Connection, event: Event) -> None:
+    """The event's audit entry and outbox row, in the caller's transaction."""
+    conn.execute(insert(audit_log), [rows.audit_row(event)])
+    conn.execute(insert(outbox), [rows.outbox_row(event)])
+
+
 class _Disconnected(Exception):
     """The hot connection dropped mid-transaction; the work is retried on another one."""
 
@@ -223,8 +229,7 @@ class Store:
                 .where(executions.c.id == execution_id, executions.c.status.in_(statuses))
                 .values(control=action)).rowcount
             if done:
-                conn.execute(insert(audit_log), [rows.audit_row(event)])
-                conn.execute(insert(outbox), [rows.outbox_row(event)])
+                _insert_event(conn, event)
             return bool(done)
 
     def record(self, event: Event) -> None:
@@ -232,8 +237,7 @@ class Store:
         accepted): its audit entry and outbox row only. The version is left as it is, so a
         runner's fence is not failed by a note about it."""
         with self.write() as conn:
-            conn.execute(insert(audit_log), [rows.audit_row(event)])
-            conn.execute(insert(outbox), [rows.outbox_row(event)])
+            _insert_event(conn, event)
 
     def renew_leases(self, owner: str, execution_ids: list[str], until: float) -> int:
         with self.write() as conn:
