@@ -1,5 +1,5 @@
 """/v1/batches: submit (answers at once; the orchestrator runs it), list, status, results,
-cancel."""
+cancel, delete."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def links(request: Request, batch_id: str) -> dict[str, str]:
     "results": {"operationId": "results_v1_batches__batch_id__results_get",
                 "parameters": {"batch_id": "$response.body#/id"}},
     "cancel": {"operationId": "cancel_v1_batches__batch_id__cancel_post",
+               "parameters": {"batch_id": "$response.body#/id"}},
+    "delete": {"operationId": "delete_v1_batches__batch_id__delete",
                "parameters": {"batch_id": "$response.body#/id"}}}}})
 def submit(ctx: Ctx, body: BatchIn, request: Request) -> dict[str, Any]:
     """Check and persist the batch with every cell, then hand it to the orchestrator; this
@@ -81,3 +83,13 @@ def cancel(ctx: Ctx, batch_id: IdPath) -> dict[str, Any]:
     batch = ctx.batches.batches.request_cancel(batch_id)
     return {"batch": batch.to_dict()}
 
+
+
+@router.delete("/{batch_id}")
+def delete(ctx: Ctx, batch_id: IdPath) -> dict[str, Any]:
+    """Delete a finished batch whole, as `wtb batch delete` does: its cells with their
+    histories, its results and events. 409 until it has finished (cancel it first), while a
+    cell of it runs, or while a fork of a cell exists (naming the forks). Their stored data
+    goes at the next `wtb gc`, unless other executions share it."""
+    cells, left = ctx.batches.delete(batch_id)
+    return {"deleted": batch_id, "executions": len(cells), "workspace_not_removed": left}

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from serve.context import BadField
 from wtb_ray.domain.errors import (
+    BatchNotDeletable,
     ConcurrencyConflict,
     HasForks,
     InvalidInput,
@@ -24,6 +25,7 @@ from wtb_ray.domain.errors import (
 # no subclass here does: a workspace file that cannot be recorded or restored, an undo action
 # that raised. Their messages name the file or the action.
 STATUS = {NotFound: 404, InvalidTransition: 409, ConcurrencyConflict: 409, HasForks: 409,
+          BatchNotDeletable: 409,
           InvalidInput: 422, StorageError: 503, WTBError: 500}
 
 

@@ -91,7 +91,7 @@ def test_every_other_route_needs_the_bearer_token(api):
                 assert response.status_code == 401, (method, path, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
                 checked += 1
-    assert checked == 3 * 20  # 5 batch, 11 execution, diff, events, workflows, metrics
+    assert checked == 3 * 21  # 6 batch, 11 execution, diff, events, workflows, metrics
 
 
 def test_batch_submitted_over_http_streams_to_completion_and_matches_the_cli(api):
@@ -241,6 +241,41 @@ def test_delete_over_http(api):
     links = spec["paths"]["/v1/executions"]["post"]["responses"]["202"]["links"]
     assert {link["operationId"] for link in links.values()} <= operations
     assert "delete" in links
+
+
+def test_delete_a_batch_over_http(api):
+    """A finished batch with a fork of its cell is refused (409, naming the fork); once the
+    fork is gone, the batch goes whole: its cell, its results, the batch."""
+    one = {**BATCH, "name": "deleted-batch", "cases": BATCH["cases"][:1],
+           "variants": {"answer": ["default"]}}
+    submitted = api.client.post("/v1/batches", json=one)
+    assert submitted.status_code == 202, submitted.text
+    batch_id = submitted.json()["id"]
+    done = api.wait_for(f"/v1/batches/{batch_id}", lambda b: b["batch"]["status"] not in (
+        "pending", "running"))
+    assert done["batch"]["status"] == "completed", done
+    cell = api.client.get("/v1/executions", params={"batch_id": batch_id}).json()
+    (cell_id,) = [e["id"] for e in cell["executions"]]
+    fork_id = api.client.post(f"/v1/executions/{cell_id}/fork",
+                              json={"run": False}).json()["execution"]["id"]
+
+    refused = api.client.delete(f"/v1/batches/{batch_id}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["message"] == (
+        f"cannot delete batch {batch_id}: forks of its cells depend on their checkpoints "
+        f"({fork_id}): delete them first")
+    assert api.client.get(f"/v1/batches/{batch_id}/results").json()["cells"]
+
+    assert api.client.delete(f"/v1/executions/{fork_id}").status_code == 200
+    deleted = api.client.delete(f"/v1/batches/{batch_id}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"deleted": batch_id, "executions": 1, "workspace_not_removed": []}
+    for gone in (f"/v1/batches/{batch_id}", f"/v1/executions/{cell_id}"):
+        assert api.client.get(gone).status_code == 404
+    assert api.client.delete(f"/v1/batches/{batch_id}").status_code == 404
+    links = api.client.get("/openapi.json").json()["paths"]["/v1/batches"]["post"][
+        "responses"]["202"]["links"]
+    assert links["delete"]["operationId"] == "delete_v1_batches__batch_id__delete"
 
 
 def test_metrics_parse_and_their_counters_move(api):

@@ -1,5 +1,6 @@
 """Batch operations that do not care where cells run: submit (persist every cell first),
-run a chunk of cells, score them, keep the batch's counts, cancel, and the leaderboard.
+run a chunk of cells, score them, keep the batch's counts, cancel, delete, and the
+leaderboard.
 
 The in-process runner (local.py) and the Ray actors both drive batches through this class,
 so a batch gives the same results wherever it runs.
@@ -24,8 +25,9 @@ from wtb_ray.domain.execution import Status
 from wtb_ray.domain.graph import Workflow
 from wtb_ray.engine import group
 from wtb_ray.engine.bench import Bench
-from wtb_ray.engine.lease import lease_is_dead
+from wtb_ray.engine.lease import is_held, lease_is_dead
 from wtb_ray.engine.loader import load_workflow
+from wtb_ray.engine.workspaces import remove_managed
 from wtb_ray.storage.batches import Batches
 from wtb_ray.storage.rows import dumps
 from wtb_ray.storage.store import Change
@@ -247,6 +249,15 @@ class BatchService:
         batch = self.batches.get(batch_id)
         return {"batch": batch.to_dict(), "combinations": _combinations(
             self.batches.cells(batch_id), self.spec(batch).max_attempts, batch.finished)}
+
+    def delete(self, batch_id: str) -> tuple[list[str], list[str]]:
+        """Delete a finished batch whole (``Batches.delete``) and the workspace directories
+        WTB made for its cells. Returns the cells' ids, and what of those directories could
+        not be removed and why (``wtb gc`` removes it later)."""
+        cells = self.batches.delete(batch_id, may_go=lambda ex: not is_held(ex))
+        self._specs.pop(batch_id, None)
+        left = [remove_managed(self.bench.settings, cell) for cell in cells]
+        return cells, [problem for problem in left if problem is not None]
 
     # -- results ----------------------------------------------------------------------
 

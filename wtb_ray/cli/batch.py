@@ -1,4 +1,4 @@
-"""`wtb batch run|submit|status|results|cancel|list`.
+"""`wtb batch run|submit|status|results|cancel|delete|list`.
 
 run and submit go through Ray (the orchestrator actor); the others read the database only.
 """
@@ -156,6 +156,23 @@ def cancel(batch_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
         print(json.dumps({"batch": batch.to_dict()}))
     else:
         out.print(f"cancel requested for batch {batch.id} ({batch.status})", highlight=False)
+
+
+@batch_app.command("delete")
+@guarded
+def delete(batch_id: str, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+    """Delete a finished batch whole: its cells with their histories, results and events.
+    `wtb gc` then frees the stored data only they used."""
+    cells, left = _service(db).delete(batch_id)
+    for problem in left:
+        err.print(f"warning: could not remove {problem} (`wtb gc` removes the rest)",
+                  highlight=False, markup=False)
+    if json_out:
+        print(json.dumps({"deleted": batch_id, "executions": len(cells),
+                          "workspace_not_removed": left}))
+    else:
+        out.print(f"batch {batch_id} deleted with its {len(cells)} execution(s) (run `wtb gc` "
+                  "to free their stored data)", highlight=False)
 
 
 @batch_app.command("list")

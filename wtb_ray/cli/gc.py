@@ -64,8 +64,9 @@ def gc(grace: Annotated[float | None, typer.Option(
     """Delete blobs no checkpoint reaches; optionally drop old executions first.
 
     Executions a remaining fork depends on are always kept, and so are batch cells (batches
-    are kept whole). Also removes, under WTB_HOME, the directories of forks whose process died
-    before the fork was committed, and what deleting executions could not remove of theirs.
+    are kept whole: `wtb batch delete` deletes a finished one). Also removes, under WTB_HOME,
+    the directories of forks whose process died before the fork was committed, and what
+    deleting executions could not remove of theirs.
     """
     from wtb_ray.storage import gc as collector
 

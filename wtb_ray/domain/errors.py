@@ -78,6 +78,19 @@ class HasForks(InvalidInput):
                 f"({', '.join(self.forks)}): delete them first")
 
 
+class BatchNotDeletable(WTBError):
+    """A batch cannot be deleted now: it has not finished, a cell of it is running, or a fork
+    of one of its cells depends on that cell's checkpoints."""
+
+    def __init__(self, batch_id: str, reason: str) -> None:
+        super().__init__(batch_id, reason)
+        self.batch_id = batch_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot delete batch {self.batch_id}: {self.reason}"
+
+
 class SerializationError(InvalidInput):
     """A state value cannot be stored safely; names the node and the state key."""
 

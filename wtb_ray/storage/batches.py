@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from wtb_ray.domain.batch import Batch
-from wtb_ray.domain.errors import NotFound
+from wtb_ray.domain.errors import BatchNotDeletable, NotFound
 from wtb_ray.domain.events import Event
+from wtb_ray.domain.execution import Execution
 from wtb_ray.storage import outbox_sql, rows
-from wtb_ray.storage.schema import batch_results, batches, executions, outbox
+from wtb_ray.storage.gc import delete_execution_rows
+from wtb_ray.storage.schema import (
+    batch_results,
+    batch_webhooks,
+    batches,
+    executions,
+    outbox,
+    outbox_applied,
+)
 from wtb_ray.storage.store import Store
 
 _COUNTS = ("completed", "failed", "cancelled")
+_SHOWN = 5  # ids an error names before "and N more"
 
 
 def _batch(row: Any) -> Batch:
@@ -135,3 +146,49 @@ class Batches:
         with self.store.read() as conn:
             return [{**dict(r._mapping), "metrics": json.loads(r.metrics)}
                     for r in conn.execute(stmt)]
+
+    def delete(self, batch_id: str, may_go: Callable[[Execution], bool]) -> list[str]:
+        """Delete a finished batch whole, in one transaction: its cells with their histories,
+        its results, events and webhook, and the batch. Refused (nothing deleted) while it has
+        not finished, while a cell ``may_go`` does not allow (one rolled back and resumed by
+        hand, say) or while a fork of a cell exists. Returns the cells' ids."""
+        return self.store.run(_delete_batch, batch_id, may_go, write=True)
+
+
+def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution], bool]
+                  ) -> list[str]:
+    # Locked, then decided: nothing can start, claim or fork a cell until this commits.
+    status = conn.execute(select(batches.c.status).where(batches.c.id == batch_id)
+                          .with_for_update()).scalar()
+    if status is None:
+        raise NotFound("batch", batch_id)
+    if status not in ("completed", "cancelled"):
+        raise BatchNotDeletable(batch_id, f"it is {status} (cancel it with `wtb batch cancel "
+                                          f"{batch_id}` and wait for it to finish)")
+    cells = select(executions.c.id).where(executions.c.batch_id == batch_id)
+    found = [rows.execution_from_row(r) for r in conn.execute(
+        select(executions).where(executions.c.batch_id == batch_id)
+        .order_by(executions.c.id).with_for_update())]
+    busy = [ex.id for ex in found if not may_go(ex)]
+    if busy:
+        raise BatchNotDeletable(batch_id, f"cells of it are running ({_some(busy)}): stop "
+                                          "them first")
+    forks = list(conn.execute(select(executions.c.id).where(
+        executions.c.parent_execution_id.in_(cells),
+        or_(executions.c.batch_id.is_(None), executions.c.batch_id != batch_id))).scalars())
+    if forks:
+        raise BatchNotDeletable(batch_id, f"forks of its cells depend on their checkpoints "
+                                          f"({_some(forks)}): delete them first")
+    delete_execution_rows(conn, cells)
+    # The batch's own events (and any event of a cell not caught above) carry its id.
+    events = select(outbox.c.event_id).where(outbox.c.batch_id == batch_id)
+    conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
+    for table in (outbox, batch_results, batch_webhooks):
+        conn.execute(delete(table).where(table.c.batch_id == batch_id))
+    conn.execute(delete(batches).where(batches.c.id == batch_id))
+    return [ex.id for ex in found]
+
+
+def _some(ids: list[str]) -> str:
+    more = len(ids) - _SHOWN
+    return ", ".join(ids[:_SHOWN]) + (f" and {more} more" if more > 0 else "")

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, Select, delete, func, select
 
 from wtb_ray.domain.execution import Execution
 from wtb_ray.storage import blob_io, codec, rows
@@ -34,9 +34,11 @@ from wtb_ray.storage.schema import (
     blobs,
     checkpoints,
     compensations,
+    damaged_checkpoints,
     executions,
     node_boundaries,
     outbox,
+    outbox_applied,
 )
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -250,9 +252,19 @@ def _delete_rows(conn: Connection, ids: list[str], later: set[str],
                          .where(executions.c.parent_execution_id.in_(going))).all()
     going, _ = _without_fork_parents(going, [(f, None if f in later else p) for f, p in forks])
     if going:
-        for table in (compensations, node_boundaries, audit_log, checkpoints, batch_results):
-            conn.execute(delete(table).where(table.c.execution_id.in_(going)))
-        conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
-                                          outbox.c.aggregate_id.in_(going)))
-        conn.execute(delete(executions).where(executions.c.id.in_(going)))
+        delete_execution_rows(conn, going)
     return going
+
+
+def delete_execution_rows(conn: Connection, ids: Collection[str] | Select) -> None:
+    """Delete these executions (ids, or a query selecting them) and every row that is theirs
+    alone; their blobs stay until ``collect`` finds them unreachable."""
+    events = select(outbox.c.event_id).where(outbox.c.aggregate_type == "execution",
+                                             outbox.c.aggregate_id.in_(ids))
+    conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
+    conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
+                                      outbox.c.aggregate_id.in_(ids)))
+    for table in (compensations, node_boundaries, audit_log, checkpoints, batch_results,
+                  damaged_checkpoints):
+        conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
+    conn.execute(delete(executions).where(executions.c.id.in_(ids)))
