@@ -84,7 +84,6 @@ def cancel(ctx: Ctx, batch_id: IdPath) -> dict[str, Any]:
     return {"batch": batch.to_dict()}
 
 
-
 @router.delete("/{batch_id}")
 def delete(ctx: Ctx, batch_id: IdPath) -> dict[str, Any]:
     """Delete a finished batch whole, as `wtb batch delete` does: its cells with their

@@ -157,7 +157,9 @@ class Batches:
 
 def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution], bool]
                   ) -> list[str]:
-    # Locked, then decided: nothing can start, claim or fork a cell until this commits.
+    # Locked, then decided: no claim, resume or rollback of a cell (each updates its row)
+    # lands until this commits. A fork committed meanwhile does not need its origin: its
+    # first checkpoint holds the whole state, and its blobs are reachable from it.
     status = conn.execute(select(batches.c.status).where(batches.c.id == batch_id)
                           .with_for_update()).scalar()
     if status is None:
