@@ -38,13 +38,20 @@ EventId = Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)]
 
 
 @router.get("/v1/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}},
+                       404: {"description": "no such batch or execution"}})
 async def events(ctx: Ctx, request: Request, batch_id: IdQuery = None,
                  execution_id: IdQuery = None, last_event_id: EventId = None) -> StreamingResponse:
     header = request.headers.get("last-event-id")
     if header is not None and not (header.isdigit() and int(header) <= MAX_ROW_ID):
         raise BadField("Last-Event-ID", f"must be an event id (an integer from 0 to {MAX_ROW_ID})")
     cursor = int(header) if header is not None else (last_event_id or 0)
+    # 404 for an id that names nothing (mistyped, or deleted since): an empty stream would
+    # look like a run with nothing to say, and its client would reconnect for ever.
+    if batch_id is not None:
+        await asyncio.to_thread(ctx.batches.batches.get, batch_id)
+    if execution_id is not None:
+        await asyncio.to_thread(ctx.bench.get, execution_id)
     deadline = time.monotonic() + ctx.settings.api_event_stream_s
     settle = ctx.settings.api_event_settle_s if ctx.settings.url.startswith("postgres") else 0.0
 

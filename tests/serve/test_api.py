@@ -245,7 +245,8 @@ def test_delete_over_http(api):
 
 def test_delete_a_batch_over_http(api):
     """A finished batch with a fork of its cell is refused (409, naming the fork); once the
-    fork is gone, the batch goes whole: its cell, its results, the batch."""
+    fork is gone, the batch goes whole: its cell, its results, the batch; its event stream
+    then answers 404."""
     one = {**BATCH, "name": "deleted-batch", "cases": BATCH["cases"][:1],
            "variants": {"answer": ["default"]}}
     submitted = api.client.post("/v1/batches", json=one)
@@ -270,8 +271,9 @@ def test_delete_a_batch_over_http(api):
     deleted = api.client.delete(f"/v1/batches/{batch_id}")
     assert deleted.status_code == 200, deleted.text
     assert deleted.json() == {"deleted": batch_id, "executions": 1, "workspace_not_removed": []}
-    for gone in (f"/v1/batches/{batch_id}", f"/v1/executions/{cell_id}"):
-        assert api.client.get(gone).status_code == 404
+    for gone in (f"/v1/batches/{batch_id}", f"/v1/executions/{cell_id}",
+                 f"/v1/events?batch_id={batch_id}", f"/v1/events?execution_id={cell_id}"):
+        assert api.client.get(gone).status_code == 404, gone
     assert api.client.delete(f"/v1/batches/{batch_id}").status_code == 404
     links = api.client.get("/openapi.json").json()["paths"]["/v1/batches"]["post"][
         "responses"]["202"]["links"]
