@@ -2,8 +2,9 @@
 
 The outbox is the durable, ordered event log: a stream starts after the client's
 Last-Event-ID (header, or ``last_event_id``), so a reconnecting client misses nothing. A
-stream filtered on a batch ends with the batch's final event; any stream ends after
-Settings.api_event_stream_s (below Serve's request timeout) and the client reconnects.
+stream filtered on a batch ends with the batch's final event (reconnecting after it gets
+204: nothing more will come); any stream ends after Settings.api_event_stream_s (below
+Serve's request timeout) and the client reconnects.
 
 On PostgreSQL an id is drawn before its transaction commits, so a lower id can appear after
 a higher one has been streamed; the stream therefore only sends events older than
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from serve.context import BadField, Ctx
 from serve.models import MAX_ROW_ID, IdQuery
@@ -39,6 +40,7 @@ EventId = Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)]
 
 @router.get("/v1/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}},
+                       204: {"description": "a finished batch with no event after the cursor"},
                        404: {"description": "no such batch or execution"}})
 async def events(ctx: Ctx, request: Request, batch_id: IdQuery = None,
                  execution_id: IdQuery = None, last_event_id: EventId = None) -> StreamingResponse:
@@ -49,7 +51,12 @@ async def events(ctx: Ctx, request: Request, batch_id: IdQuery = None,
     # 404 for an id that names nothing (mistyped, or deleted since): an empty stream would
     # look like a run with nothing to say, and its client would reconnect for ever.
     if batch_id is not None:
-        await asyncio.to_thread(ctx.batches.batches.get, batch_id)
+        batch = await asyncio.to_thread(ctx.batches.batches.get, batch_id)
+        # A finished batch whose events the client has all had (it reconnects after the final
+        # one): 204 is what tells an EventSource to stop reconnecting.
+        if batch.finished and not await asyncio.to_thread(
+                ctx.bench.store.outbox_after, cursor, batch_id=batch_id, limit=1):
+            return Response(status_code=204)
     if execution_id is not None:
         await asyncio.to_thread(ctx.bench.get, execution_id)
     deadline = time.monotonic() + ctx.settings.api_event_stream_s

@@ -255,6 +255,10 @@ def test_delete_a_batch_over_http(api):
     done = api.wait_for(f"/v1/batches/{batch_id}", lambda b: b["batch"]["status"] not in (
         "pending", "running"))
     assert done["batch"]["status"] == "completed", done
+    events, _ = follow_events(api, {"batch_id": batch_id})
+    after = api.client.get("/v1/events", params={"batch_id": batch_id},
+                           headers={"Last-Event-ID": str(events[-1]["id"])})
+    assert after.status_code == 204 and after.content == b""  # nothing more will come
     cell = api.client.get("/v1/executions", params={"batch_id": batch_id}).json()
     (cell_id,) = [e["id"] for e in cell["executions"]]
     fork_id = api.client.post(f"/v1/executions/{cell_id}/fork",
