@@ -152,17 +152,29 @@ def test_special_files_and_size_limits_name_the_file(store, tmp_path):
     ("data/raw", "data/raw", True, True),
     ("data/raw", "x/data/raw", True, False),
     ("__pycache__", "pkg/__pycache__", True, True),
+    (["*.log", "!keep.log"], "a/keep.log", False, False),  # the last match decides
+    (["*.log", "!keep.log"], "a/run.log", False, True),
+    (["!keep.log", "*.log"], "a/keep.log", False, True),
+    (["*.ckpt", "!/best.ckpt"], "best.ckpt", False, False),
+    (["*.ckpt", "!/best.ckpt"], "old/best.ckpt", False, True),
+    (["out/", "!out/"], "out", True, False),
+    (["out/", "!out/"], "out", False, False),
+    (["\\!bang"], "!bang", False, True),  # a backslash makes "!" part of the name
+    (["\\#hash"], "#hash", False, True),
 ])
 def test_ignore_patterns(pattern, path, is_dir, ignored):
     name = path.rsplit("/", 1)[-1]
-    assert IgnoreRules([pattern]).ignored(path, name, is_dir) is ignored
+    patterns = pattern if isinstance(pattern, list) else [pattern]
+    assert IgnoreRules(patterns).ignored(path, name, is_dir) is ignored
 
 
 def test_the_wtb_directory_is_always_ignored_and_bad_patterns_refused():
     assert IgnoreRules([]).ignored(".wtb", ".wtb", True)
     assert not IgnoreRules([]).ignored("sub/.wtb", ".wtb", True)
-    with pytest.raises(InvalidInput, match="negation"):
-        IgnoreRules(["!keep.log"])
+    assert IgnoreRules(["!.wtb"]).ignored(".wtb", ".wtb", True)  # not even by a negation
+    for bad in ("!", "/", "!/"):
+        with pytest.raises(InvalidInput, match=f"ignore pattern '{bad}' matches nothing"):
+            IgnoreRules([bad])
 
 
 def test_an_unchanged_directory_keeps_its_tree_without_encoding_it_again(store, tmp_path,

@@ -61,6 +61,33 @@ def test_restore_removes_untracked_paths_but_keeps_ignored_ones(store, tmp_path)
     assert [p.name for p in (root / "extra").iterdir()] == ["note.tmp"]
 
 
+@pytest.mark.parametrize("watch", [True, False], ids=["watched", "unwatched"])
+def test_a_negated_pattern_tracks_again_what_an_earlier_one_ignored(store, tmp_path, watch):
+    """``*.log`` then ``!keep.log``: keep.log is recorded and restored, the other logs are
+    neither; inside an ignored directory nothing is looked at, as in git."""
+    root = tmp_path / "ws"
+    (root / "logs").mkdir(parents=True)
+    (root / "cache").mkdir()
+    ws = Workspace(root, store, ignore=["*.log", "!keep.log", "cache/", "!cache/keep.log"],
+                   watch=watch)
+    (root / "logs" / "keep.log").write_text("kept at the checkpoint\n")
+    (root / "logs" / "run.log").write_text("ignored\n")
+    (root / "cache" / "keep.log").write_text("inside an ignored directory\n")
+    tree = ws.snapshot()
+    for name in ("keep.log", "run.log"):
+        (root / "logs" / name).write_text("changed after\n")
+    (root / "logs" / "new.log").write_text("ignored, made after\n")
+    ws.snapshot()
+    ws.restore(tree)
+    assert (root / "logs" / "keep.log").read_text() == "kept at the checkpoint\n"
+    assert (root / "logs" / "run.log").read_text() == "changed after\n"  # left alone
+    assert (root / "logs" / "new.log").exists()
+    assert (root / "cache" / "keep.log").exists()
+    recorded = {path for path, entry in TreeReader(store).walk(tree) if entry[0] == "f"}
+    assert recorded == {"logs/keep.log"}
+    ws.close()
+
+
 def test_a_restore_copies_from_a_source_only_what_its_index_vouches_for(store, tmp_path):
     origin = tmp_path / "origin"
     origin.mkdir()

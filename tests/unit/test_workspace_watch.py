@@ -13,14 +13,26 @@ import pytest
 
 from wtb_ray.domain.errors import WorkspaceError
 from wtb_ray.storage import blob_io
-from wtb_ray.workspace import Workspace
+from wtb_ray.workspace import TreeReader, Workspace
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux")
 
 
-def full_walk(store, root: Path) -> str:
+def full_walk(store, root: Path, ignore: list[str] | None = None) -> str:
     """The root tree a snapshot examining every file records (no watch, no memo)."""
-    return Workspace(root, store).snapshot()
+    return Workspace(root, store, ignore=ignore).snapshot()
+
+
+def not_dirs(store, tree: str) -> dict[str, list]:
+    """A tree's files and links, by path."""
+    return {path: entry for path, entry in TreeReader(store).walk(tree) if entry[0] != "d"}
+
+
+def is_tracked(ws: Workspace, rel: str) -> bool:
+    """Neither the path nor a directory above it is ignored."""
+    parts = rel.split("/")
+    return not any(ws.rules.ignored("/".join(parts[:i + 1]), parts[i], i < len(parts) - 1)
+                   for i in range(len(parts)))
 
 
 def make_tree(root: Path) -> None:
@@ -38,11 +50,12 @@ def check(ws: Workspace, store, root: Path, restored: bool = False) -> str:
     fingerprints for the files it writes (the next read of each does)."""
     tree, rows = ws.snapshot_for_commit()
     store.run(blob_io.put, rows, time.time(), write=True)
-    assert tree == full_walk(store, root)
+    assert tree == full_walk(store, root, ws.rules.patterns)
     # The stat index, updated in place, holds each file there is and nothing else: its
     # chunks' fingerprints for every one, a stat entry for those old enough to vouch for.
-    files = {p.relative_to(root).as_posix() for p in root.rglob("*")
-             if p.is_file() and not p.is_symlink() and p.relative_to(root).parts[0] != ".wtb"}
+    files = {rel for p in root.rglob("*")
+             if p.is_file() and not p.is_symlink() and is_tracked(ws, rel := p.relative_to(
+                 root).as_posix())}
     assert set(ws.index.quick) <= files and set(ws.index.entries) <= files
     if not restored:
         assert set(ws.index.quick) == files
@@ -158,6 +171,23 @@ def test_a_rollback_in_a_watched_run_leaves_no_index_entry_for_what_it_removed(
     shutil.rmtree(root / "newdir")  # the run goes on: a directory of files removed
     check(ws, store, root, restored=True)
     assert not any(rel.startswith("newdir/") for rel in ws.index.quick)
+
+
+def test_a_directory_a_rollback_keeps_for_its_ignored_paths_is_recorded_as_a_walk_does(
+        store, tmp_path):
+    """A rollback removes a directory the checkpoint lacks but for its ignored paths, so the
+    directory stays: the next watched checkpoint lists it as a full walk does (it used to
+    reuse the checkpoint's listing of the parent, leaving the directory out)."""
+    root, ws = watched(store, tmp_path, ignore=["*.tmp"])
+    before = full_walk(store, root, ["*.tmp"])
+    (root / "d1" / "made").mkdir()
+    (root / "d1" / "made" / "scratch.tmp").write_text("ignored\n")
+    (root / "d1" / "made" / "out.txt").write_text("tracked\n")
+    check(ws, store, root)
+    ws.restore(before, watch=True)
+    assert sorted(p.name for p in (root / "d1" / "made").iterdir()) == ["scratch.tmp"]
+    after = check(ws, store, root, restored=True)  # equal to a full walk's
+    assert "d1/made" in dict(TreeReader(store).walk(after)) and after != before
 
 
 def test_a_snapshot_that_fails_loses_no_change_it_had_been_told_of(store, tmp_path):
@@ -278,13 +308,21 @@ def _random_change(rng: random.Random, root: Path) -> None:
             os.rename(target, root / f"{name}-moved")
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_changes_and_rollbacks_record_what_a_full_walk_records(store, tmp_path, seed):
+# Ignoring about a tenth of new files and every directory made by "mkdir", tracking a tenth
+# of those files again, and one directory of the initial tree.
+IGNORE = ["*5.txt", "!*55.txt", "inner/", "d2/"]
+
+
+@pytest.mark.parametrize("seed, ignore", [(0, None), (1, None), (2, None), (3, None),
+                                          (4, IGNORE), (5, IGNORE)])
+def test_random_changes_and_rollbacks_record_what_a_full_walk_records(store, tmp_path, seed,
+                                                                      ignore):
     """Every kind of change, several at a time, and rollbacks to earlier checkpoints: each
     checkpoint of the watched run (the index updated in place, only named paths examined)
-    records what a full walk does, and its index holds exactly the files there are."""
+    records what a full walk does, and its index holds exactly the files there are (that
+    its ignore patterns, negations among them, leave tracked)."""
     rng = random.Random(seed)
-    root, ws = watched(store, tmp_path)
+    root, ws = watched(store, tmp_path, ignore=ignore)
     trees = [check(ws, store, root)]
     restored = False
     for _ in range(40):
@@ -295,5 +333,8 @@ def test_random_changes_and_rollbacks_record_what_a_full_walk_records(store, tmp
             target = rng.choice(trees)
             ws.restore(target, watch=True)
             restored = True
-            assert full_walk(store, root) == target
-            assert check(ws, store, root, restored) == target
+            for tree in (full_walk(store, root, ignore), check(ws, store, root, restored)):
+                if ignore is None:
+                    assert tree == target
+                else:  # a directory the target lacks stays if it holds ignored paths
+                    assert not_dirs(store, tree) == not_dirs(store, target)

@@ -100,7 +100,10 @@ class Restore:
                 continue
             is_dir = item.is_dir(follow_symlinks=False)
             if not self.rules.ignored(prefix + name, name, is_dir):
-                self._remove(item.path, prefix + name, is_dir)
+                if not self._remove(item.path, prefix + name, is_dir):
+                    # A directory the tree lacks stays, holding ignored paths: this one now
+                    # holds more than the tree, so the next snapshot must list it.
+                    self.trees.pop(prefix, None)
                 changed = True
         writes: list[Write] = []
         for name, entry in entries.items():
@@ -181,20 +184,23 @@ class Restore:
             os.unlink(path)
             self.removed_files.add(rel)
 
-    def _remove(self, path: str, rel: str, is_dir: bool) -> None:
-        """Remove what the tree lacks, keeping ignored paths inside a removed directory."""
+    def _remove(self, path: str, rel: str, is_dir: bool) -> bool:
+        """Remove what the tree lacks, keeping ignored paths inside a removed directory
+        (which then stays: False)."""
         self.removed += 1
         if not is_dir:
             os.unlink(path)
             self.removed_files.add(rel)
-            return
+            return True
         with os.scandir(path) as it:
             for item in list(it):
                 child_dir = item.is_dir(follow_symlinks=False)
                 if not self.rules.ignored(rel + "/" + item.name, item.name, child_dir):
                     self._remove(item.path, rel + "/" + item.name, child_dir)
-        if not os.listdir(path):
-            os.rmdir(path)
+        if os.listdir(path):
+            return False
+        os.rmdir(path)
+        return True
 
 
 def _source(root: str, index: StatIndex, rel: str, chunks: list[str]) -> Source | None:
