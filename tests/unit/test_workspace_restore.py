@@ -343,3 +343,35 @@ def test_the_tree_cache_keeps_the_most_recently_used_within_its_bytes():
     cache.put("huge", {}, 101)  # over the whole budget: not kept, nothing evicted for it
     assert "huge" not in cache and "a" in cache
     assert cache.get("nothing") is None and EMPTY_TREE not in cache  # evicted by now
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_forks_copy_from_their_origin_only_what_is_right(store, tmp_path, seed):
+    """An origin changed at random (every kind of change), checkpointed as a watched run
+    does; every third step a fork restores a random earlier checkpoint into a new directory,
+    copying from the origin what its index vouches for: each fork holds exactly that
+    checkpoint's files (a full walk of it records the same tree), whatever the origin holds
+    now."""
+    import random
+
+    from tests.unit.test_workspace_watch import _random_change, check, full_walk, watched
+
+    rng = random.Random(seed)
+    root, ws = watched(store, tmp_path)
+    trees = [check(ws, store, root)]
+    forks = 0
+    for step in range(30):
+        for _ in range(rng.randint(1, 4)):
+            _random_change(rng, root)
+        trees.append(check(ws, store, root))
+        if step % 3 == 2:
+            for _ in range(rng.randint(0, 2)):  # changes after the checkpoint, not recorded
+                _random_change(rng, root)
+            target = rng.choice(trees)
+            fork = tmp_path / f"fork-{step}"
+            Workspace(fork, store).restore(target, sources=[str(root)])
+            assert full_walk(store, fork) == target
+            forks += 1
+            trees.append(check(ws, store, root))  # the origin's run goes on
+    assert forks == 10
+    ws.close()
