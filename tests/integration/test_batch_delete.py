@@ -5,6 +5,7 @@ running cell or a fork of a cell refuses it and nothing is deleted."""
 
 import json
 import subprocess
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -151,3 +152,44 @@ def test_wtb_batch_delete_from_the_command_line(service, durable_url, tmp_path):
     result = subprocess.run(wtb_cmd("batch", "delete", batch.id), capture_output=True,
                             text=True, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and f"batch '{batch.id}' not found" in result.stderr
+
+
+def test_wtb_gc_batches_before_deletes_old_batches_whole_but_one_a_fork_needs(
+        service, durable_url, tmp_path):
+    bench = service.bench
+    env = subprocess_env(durable_url, WTB_HOME=str(bench.settings.home))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain, plain_cells = finished_batch(service, tmp_path / "a")
+    needed, needed_cells = finished_batch(service, tmp_path / "b")
+    fork = bench.fork(needed_cells[0], run=False)
+    unfinished = service.submit(notes_spec(tmp_path))
+    theirs = set().union(*(reach(bench, cell) for cell in plain_cells)) - set().union(
+        *(reach(bench, ex) for ex in [*needed_cells, fork.id]))
+
+    def gc_json(*args):
+        result = subprocess.run(wtb_cmd("gc", "--grace", "0", "--json", *args),
+                                capture_output=True, text=True, env=env,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 86400))
+    dry = gc_json("--batches-before", tomorrow, "--dry-run")
+    mine = {plain.id, needed.id, unfinished.id}
+    assert mine & set(dry["batches_deleted"]) == {plain.id}
+    assert mine & set(dry["batches_kept_for_forks"]) == {needed.id}
+    assert service.batches.get(plain.id).status == "completed"  # nothing deleted
+
+    done = gc_json("--batches-before", tomorrow)
+    assert mine & set(done["batches_deleted"]) == {plain.id}
+    assert mine & set(done["batches_kept_for_forks"]) == {needed.id}
+    assert set(rows_of(bench.store, plain.id, plain_cells).values()) == {0}
+    assert all(rows_of(bench.store, needed.id, needed_cells).values())
+    assert service.batches.get(unfinished.id).status == "pending"  # not finished: not chosen
+    assert theirs and hashes(bench.store).isdisjoint(theirs)  # freed by the same run
+
+    result = subprocess.run(wtb_cmd("gc", "--batches-before", "soon"), capture_output=True,
+                            text=True, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "--batches-before expects an ISO date or datetime" in result.stderr

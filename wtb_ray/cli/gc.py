@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from wtb_ray.cli.common import DbOpt, JsonOpt, app, err, guarded, open_bench, out
-from wtb_ray.domain.errors import InvalidInput
+from wtb_ray.domain.errors import BatchNotDeletable, InvalidInput, NotFound
 from wtb_ray.engine.workspaces import (
     deleted_leftovers,
     remove_dir,
@@ -35,14 +36,54 @@ def _progress():
         yield update
 
 
-def _parse_before(text: str | None) -> float | None:
+def _parse_before(text: str | None, option: str = "--before") -> float | None:
     if text is None:
         return None
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise InvalidInput(f"--before expects an ISO date or datetime (2026-01-31, "
+        raise InvalidInput(f"{option} expects an ISO date or datetime (2026-01-31, "
                            f"2026-01-31T12:00), got {text!r}") from None
+
+
+@dataclass
+class _Batches:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # a fork of a cell depends on them
+    cells: int = 0
+    not_removed: list[str] = field(default_factory=list)
+
+
+def _old_batches(bench, cutoff: float | None, dry_run: bool, progress) -> _Batches:
+    """Delete (``dry_run``: list) the batches that finished before ``cutoff``, each whole;
+    before execution retention and blob collection, which then free what they used."""
+    from wtb_ray.batch.service import BatchService
+
+    found = _Batches()
+    if cutoff is None:
+        return found
+    service = BatchService(bench)
+    ids = service.batches.finished_before(cutoff)
+    for i, batch_id in enumerate(ids):
+        if dry_run:
+            if service.batches.cell_forks(batch_id):
+                found.kept.append(batch_id)
+            else:
+                found.deleted.append(batch_id)
+                found.cells += service.batches.get(batch_id).total
+        else:
+            try:
+                cells, left = service.delete(batch_id)
+            except BatchNotDeletable:  # a fork of a cell (or a cell resumed by hand since)
+                found.kept.append(batch_id)
+            except NotFound:  # deleted meanwhile by someone else
+                pass
+            else:
+                found.deleted.append(batch_id)
+                found.cells += len(cells)
+                found.not_removed += left
+        progress("batches", i + 1, len(ids))
+    return found
 
 
 @app.command()
@@ -58,15 +99,19 @@ def gc(grace: Annotated[float | None, typer.Option(
            "--before", metavar="DATE",
            help="Delete finished executions that finished before DATE (with --keep-last: "
                 "both must hold).")] = None,
+       batches_before: Annotated[str | None, typer.Option(
+           "--batches-before", metavar="DATE",
+           help="Delete, whole, the batches that finished before DATE (not one a fork of "
+                "its cells depends on).")] = None,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, delete nothing.")
                           ] = False,
        json_out: JsonOpt = False, db: DbOpt = None) -> None:
     """Delete blobs no checkpoint reaches; optionally drop old executions first.
 
     Executions a remaining fork depends on are always kept, and so are batch cells (batches
-    are kept whole: `wtb batch delete` deletes a finished one). Also removes, under WTB_HOME,
-    the directories of forks whose process died before the fork was committed, and what
-    deleting executions could not remove of theirs.
+    are kept whole: --batches-before or `wtb batch delete` deletes finished ones). Also
+    removes, under WTB_HOME, the directories of forks whose process died before the fork was
+    committed, and what deleting executions could not remove of theirs.
     """
     from wtb_ray.storage import gc as collector
 
@@ -75,8 +120,10 @@ def gc(grace: Annotated[float | None, typer.Option(
     if grace is not None and grace < 0:
         raise InvalidInput(f"--grace must be >= 0 seconds, got {grace:g}")
     finished_before = _parse_before(before)
+    batches_cutoff = _parse_before(batches_before, "--batches-before")
     with open_bench(db) as bench, _progress() as progress:
         grace_s = bench.settings.gc_grace_seconds if grace is None else grace
+        batches = _old_batches(bench, batches_cutoff, dry_run, progress)
         doomed, kept = collector.expired(bench.store, keep_last=keep_last,
                                          finished_before=finished_before)
         # Earlier deletions' leftovers (listed first: one this run leaves is not tried twice).
@@ -92,8 +139,9 @@ def gc(grace: Annotated[float | None, typer.Option(
         leftovers = unfinished_forks(bench.settings, grace_s)
         if not dry_run:
             failed += [remove_dir(path) for path in leftovers + deleted_dirs]
-    not_removed = [f for f in failed if f is not None]
-    result = {"executions_deleted": doomed, "executions_kept_for_forks": kept,
+    not_removed = [f for f in failed + batches.not_removed if f is not None]
+    result = {"batches_deleted": batches.deleted, "batches_kept_for_forks": batches.kept,
+              "executions_deleted": doomed, "executions_kept_for_forks": kept,
               "grace_seconds": grace_s, **report.to_dict(),
               "unfinished_fork_dirs": [str(p) for p in leftovers],
               "deleted_workspace_dirs": [str(p) for p in deleted_dirs],
@@ -105,6 +153,10 @@ def gc(grace: Annotated[float | None, typer.Option(
         print(json.dumps(result))
         return
     verb = "would delete" if dry_run else "deleted"
+    if batches_cutoff is not None:
+        out.print(f"{verb} {len(batches.deleted)} batch(es) with their {batches.cells} "
+                  "execution(s)" + (f"; kept {len(batches.kept)} that forks of their cells "
+                                    "depend on" if batches.kept else ""), highlight=False)
     out.print(f"{verb} {len(doomed)} execution(s)"
               + (f"; kept {len(kept)} that forks depend on" if kept else ""), highlight=False)
     out.print(f"{verb} {report.deleted} of {report.blobs} blobs ({report.bytes_freed:,} bytes); "

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, Select, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -73,6 +73,14 @@ class Batches:
             found = conn.execute(select(batches).where(batches.c.status.in_(("pending",
                                                                              "running"))))
             return [_batch(r) for r in found.all()]
+
+    def finished_before(self, when: float) -> list[str]:
+        """Batches that finished (completed or cancelled) before ``when``, oldest first."""
+        stmt = (select(batches.c.id).where(batches.c.status.in_(("completed", "cancelled")),
+                                           batches.c.finished_at < when)
+                .order_by(batches.c.finished_at, batches.c.id))
+        with self.store.read() as conn:
+            return list(conn.execute(stmt).scalars())
 
     def pending_ids(self) -> list[str]:
         """Batches not started yet, oldest first."""
@@ -147,6 +155,10 @@ class Batches:
             return [{**dict(r._mapping), "metrics": json.loads(r.metrics)}
                     for r in conn.execute(stmt)]
 
+    def cell_forks(self, batch_id: str) -> list[str]:
+        """Forks of the batch's cells: while one exists the batch cannot be deleted."""
+        return self.store.run(_cell_forks, batch_id)
+
     def delete(self, batch_id: str, may_go: Callable[[Execution], bool]) -> list[str]:
         """Delete a finished batch whole, in one transaction: its cells with their histories,
         its results, events and webhook, and the batch. Refused (nothing deleted) while it has
@@ -167,7 +179,6 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
     if status not in ("completed", "cancelled"):
         raise BatchNotDeletable(batch_id, f"it is {status} (cancel it with `wtb batch cancel "
                                           f"{batch_id}` and wait for it to finish)")
-    cells = select(executions.c.id).where(executions.c.batch_id == batch_id)
     found = [rows.execution_from_row(r) for r in conn.execute(
         select(executions).where(executions.c.batch_id == batch_id)
         .order_by(executions.c.id).with_for_update())]
@@ -175,13 +186,11 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
     if busy:
         raise BatchNotDeletable(batch_id, f"cells of it are running ({_some(busy)}): stop "
                                           "them first")
-    forks = list(conn.execute(select(executions.c.id).where(
-        executions.c.parent_execution_id.in_(cells),
-        or_(executions.c.batch_id.is_(None), executions.c.batch_id != batch_id))).scalars())
+    forks = _cell_forks(conn, batch_id)
     if forks:
         raise BatchNotDeletable(batch_id, f"forks of its cells depend on their checkpoints "
                                           f"({_some(forks)}): delete them first")
-    delete_execution_rows(conn, cells)
+    delete_execution_rows(conn, _cells(batch_id))
     # The batch's own events (and any event of a cell not caught above) carry its id.
     events = select(outbox.c.event_id).where(outbox.c.batch_id == batch_id)
     conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
@@ -189,6 +198,17 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
         conn.execute(delete(table).where(table.c.batch_id == batch_id))
     conn.execute(delete(batches).where(batches.c.id == batch_id))
     return [ex.id for ex in found]
+
+
+def _cells(batch_id: str) -> Select:
+    return select(executions.c.id).where(executions.c.batch_id == batch_id)
+
+
+def _cell_forks(conn: Connection, batch_id: str) -> list[str]:
+    """Executions forked from the batch's cells that are not cells of it themselves."""
+    return list(conn.execute(select(executions.c.id).where(
+        executions.c.parent_execution_id.in_(_cells(batch_id)),
+        or_(executions.c.batch_id.is_(None), executions.c.batch_id != batch_id))).scalars())
 
 
 def _some(ids: list[str]) -> str:
