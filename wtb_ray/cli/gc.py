@@ -49,7 +49,7 @@ def _parse_before(text: str | None, option: str = "--before") -> float | None:
 @dataclass
 class _Batches:
     deleted: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # a fork of a cell depends on them
+    kept: list[dict[str, str]] = field(default_factory=list)  # {id, reason}: not deletable
     cells: int = 0
     not_removed: list[str] = field(default_factory=list)
 
@@ -58,6 +58,7 @@ def _old_batches(bench, cutoff: float | None, dry_run: bool, progress) -> _Batch
     """Delete (``dry_run``: list) the batches that finished before ``cutoff``, each whole;
     before execution retention and blob collection, which then free what they used."""
     from wtb_ray.batch.service import BatchService
+    from wtb_ray.storage.batches import forked
 
     found = _Batches()
     if cutoff is None:
@@ -66,16 +67,16 @@ def _old_batches(bench, cutoff: float | None, dry_run: bool, progress) -> _Batch
     ids = service.batches.finished_before(cutoff)
     for i, batch_id in enumerate(ids):
         if dry_run:
-            if service.batches.cell_forks(batch_id):
-                found.kept.append(batch_id)
+            if forks := service.batches.cell_forks(batch_id):
+                found.kept.append({"id": batch_id, "reason": str(forked(batch_id, forks))})
             else:
                 found.deleted.append(batch_id)
                 found.cells += service.batches.get(batch_id).total
         else:
             try:
                 cells, left = service.delete(batch_id)
-            except BatchNotDeletable:  # a fork of a cell (or a cell resumed by hand since)
-                found.kept.append(batch_id)
+            except BatchNotDeletable as exc:  # a fork of a cell, or a cell resumed by hand
+                found.kept.append({"id": batch_id, "reason": str(exc)})
             except NotFound:  # deleted meanwhile by someone else
                 pass
             else:
@@ -101,8 +102,8 @@ def gc(grace: Annotated[float | None, typer.Option(
                 "both must hold).")] = None,
        batches_before: Annotated[str | None, typer.Option(
            "--batches-before", metavar="DATE",
-           help="Delete, whole, the batches that finished before DATE (not one a fork of "
-                "its cells depends on).")] = None,
+           help="Delete, whole, the batches that finished before DATE (keeping, and "
+                "saying why, one a fork of its cells depends on).")] = None,
        dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, delete nothing.")
                           ] = False,
        json_out: JsonOpt = False, db: DbOpt = None) -> None:
@@ -140,7 +141,7 @@ def gc(grace: Annotated[float | None, typer.Option(
         if not dry_run:
             failed += [remove_dir(path) for path in leftovers + deleted_dirs]
     not_removed = [f for f in failed + batches.not_removed if f is not None]
-    result = {"batches_deleted": batches.deleted, "batches_kept_for_forks": batches.kept,
+    result = {"batches_deleted": batches.deleted, "batches_kept": batches.kept,
               "executions_deleted": doomed, "executions_kept_for_forks": kept,
               "grace_seconds": grace_s, **report.to_dict(),
               "unfinished_fork_dirs": [str(p) for p in leftovers],
@@ -155,8 +156,10 @@ def gc(grace: Annotated[float | None, typer.Option(
     verb = "would delete" if dry_run else "deleted"
     if batches_cutoff is not None:
         out.print(f"{verb} {len(batches.deleted)} batch(es) with their {batches.cells} "
-                  "execution(s)" + (f"; kept {len(batches.kept)} that forks of their cells "
-                                    "depend on" if batches.kept else ""), highlight=False)
+                  "execution(s)" + (f"; kept {len(batches.kept)}" if batches.kept else ""),
+                  highlight=False)
+        for kept_batch in batches.kept:
+            err.print(f"kept: {kept_batch['reason']}", highlight=False, markup=False)
     out.print(f"{verb} {len(doomed)} execution(s)"
               + (f"; kept {len(kept)} that forks depend on" if kept else ""), highlight=False)
     out.print(f"{verb} {report.deleted} of {report.blobs} blobs ({report.bytes_freed:,} bytes); "

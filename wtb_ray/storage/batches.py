@@ -188,8 +188,7 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
                                           "them first")
     forks = _cell_forks(conn, batch_id)
     if forks:
-        raise BatchNotDeletable(batch_id, f"forks of its cells depend on their checkpoints "
-                                          f"({_some(forks)}): delete them first")
+        raise forked(batch_id, forks)
     delete_execution_rows(conn, _cells(batch_id))
     # The batch's own events (and any event of a cell not caught above) carry its id.
     events = select(outbox.c.event_id).where(outbox.c.batch_id == batch_id)
@@ -198,6 +197,12 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
         conn.execute(delete(table).where(table.c.batch_id == batch_id))
     conn.execute(delete(batches).where(batches.c.id == batch_id))
     return [ex.id for ex in found]
+
+
+def forked(batch_id: str, forks: list[str]) -> BatchNotDeletable:
+    """The refusal to delete a batch while these forks of its cells exist."""
+    return BatchNotDeletable(batch_id, f"forks of its cells depend on their checkpoints "
+                                       f"({_some(forks)}): delete them first")
 
 
 def _cells(batch_id: str) -> Select:
