@@ -1,7 +1,8 @@
 """Deleting a batch, on SQLite and on PostgreSQL through PgBouncer: a finished batch goes
 whole (cells, their histories and workspaces, results, events, webhook, the batch) in one
 transaction, and `wtb gc` then frees what only it used; a batch that has not finished, a
-running cell or a fork of a cell refuses it and nothing is deleted."""
+running cell or a fork of a cell refuses it and nothing is deleted; `wtb gc
+--batches-before` deletes old batches so, keeping (and saying why) those it cannot."""
 
 import json
 import subprocess
