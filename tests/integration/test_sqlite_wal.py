@@ -70,9 +70,9 @@ def test_a_writer_that_never_pauses_keeps_the_wal_bounded(sqlite_url, monkeypatc
         frames = (_sizes(sqlite_url)[1] - 32) // (8192 + 24)  # the WAL's longest
         # Rewound once a round finds 600 frames: ~800-1,400 at the longest here. Without the
         # commits' own checkpoints the WAL would hold everything written, ~40,000 frames (16
-        # a boundary). The bound leaves room for a machine busy with other work (one run
-        # during a full test suite reached 3,034).
-        assert frames < 10 * 600, frames
+        # a boundary). The bound leaves room for a machine busy with other work (runs during
+        # a full test suite reached 3,034 and, once, 7,129), and is still a third of that.
+        assert frames < 20 * 600, frames
         assert checkpointer.inline >= 1 and checkpointer.checkpoints >= 1
         assert bench.run(WORKFLOW, {"count": 0}).step == 10  # and nothing was lost on the way
     finally:
