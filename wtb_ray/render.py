@@ -14,6 +14,7 @@ from rich.tree import Tree
 from wtb_ray.domain.checkpoint import Checkpoint, NodeBoundary
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
+from wtb_ray.domain.listing import some
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "paused": "yellow", "running": "cyan",
                 "cancelled": "magenta", "pending": "white"}
@@ -48,8 +49,7 @@ def execution(console: Console, ex: Execution, state: dict[str, Any] | None = No
                       + (f" (ignoring {', '.join(ignore)})" if ignore else ""),
                       markup=False, highlight=False)
     if edits:
-        shown = ", ".join(edits[:EDITS_SHOWN]) + (
-            f" and {len(edits) - EDITS_SHOWN} more" if len(edits) > EDITS_SHOWN else "")
+        shown = some(edits, EDITS_SHOWN)
         console.print(f"  [yellow]changed by hand[/] since checkpoint {ex.head_checkpoint_id}: "
                       f"{escape(shown)} (wtb diff {ex.head_checkpoint_id} shows them; resume "
                       "--keep-edits or --discard-edits; rollback --discard-edits)",

@@ -6,6 +6,8 @@ them, so errors pickle cleanly: they cross Ray process boundaries and must arriv
 
 from __future__ import annotations
 
+from wtb_ray.domain.listing import some
+
 
 class WTBError(Exception):
     """Base of every error WTB raises on purpose."""
@@ -152,9 +154,7 @@ class WorkspaceEdited(InvalidTransition):
         self.total = total
 
     def __str__(self) -> str:
-        listed = ", ".join(self.changes)
-        if self.total > len(self.changes):
-            listed += f" and {self.total - len(self.changes)} more"
+        listed = some(self.changes, len(self.changes), self.total)
         if self.action == "start":  # Python only: Bench.start
             how = ('keep them to go on from these files (workspace_edits="keep"), or '
                    'discard them (workspace_edits="discard")')

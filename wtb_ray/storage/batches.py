@@ -15,6 +15,7 @@ from wtb_ray.domain.batch import Batch
 from wtb_ray.domain.errors import BatchNotDeletable, NotFound
 from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
+from wtb_ray.domain.listing import some
 from wtb_ray.storage import outbox_sql, rows
 from wtb_ray.storage.gc import delete_execution_rows
 from wtb_ray.storage.schema import (
@@ -184,7 +185,7 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
         .order_by(executions.c.id).with_for_update())]
     busy = [ex.id for ex in found if not may_go(ex)]
     if busy:
-        raise BatchNotDeletable(batch_id, f"cells of it are running ({_some(busy)}): stop "
+        raise BatchNotDeletable(batch_id, f"cells of it are running ({some(busy, _SHOWN)}): stop "
                                           "them first")
     forks = _cell_forks(conn, batch_id)
     if forks:
@@ -202,7 +203,7 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
 def forked(batch_id: str, forks: list[str]) -> BatchNotDeletable:
     """The refusal to delete a batch while these forks of its cells exist."""
     return BatchNotDeletable(batch_id, f"forks of its cells depend on their checkpoints "
-                                       f"({_some(forks)}): delete them first")
+                                       f"({some(forks, _SHOWN)}): delete them first")
 
 
 def _cells(batch_id: str) -> Select:
@@ -215,7 +216,3 @@ def _cell_forks(conn: Connection, batch_id: str) -> list[str]:
         executions.c.parent_execution_id.in_(_cells(batch_id)),
         or_(executions.c.batch_id.is_(None), executions.c.batch_id != batch_id))).scalars())
 
-
-def _some(ids: list[str]) -> str:
-    more = len(ids) - _SHOWN
-    return ", ".join(ids[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
