@@ -17,14 +17,13 @@ from wtb_ray.domain.events import Event
 from wtb_ray.domain.execution import Execution
 from wtb_ray.domain.listing import some
 from wtb_ray.storage import outbox_sql, rows
-from wtb_ray.storage.gc import delete_execution_rows
+from wtb_ray.storage.gc import delete_events, delete_execution_rows
 from wtb_ray.storage.schema import (
     batch_results,
     batch_webhooks,
     batches,
     executions,
     outbox,
-    outbox_applied,
 )
 from wtb_ray.storage.store import Store
 
@@ -192,9 +191,8 @@ def _delete_batch(conn: Connection, batch_id: str, may_go: Callable[[Execution],
         raise forked(batch_id, forks)
     delete_execution_rows(conn, _cells(batch_id))
     # The batch's own events (and any event of a cell not caught above) carry its id.
-    events = select(outbox.c.event_id).where(outbox.c.batch_id == batch_id)
-    conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
-    for table in (outbox, batch_results, batch_webhooks):
+    delete_events(conn, outbox.c.batch_id == batch_id)
+    for table in (batch_results, batch_webhooks):
         conn.execute(delete(table).where(table.c.batch_id == batch_id))
     conn.execute(delete(batches).where(batches.c.id == batch_id))
     return [ex.id for ex in found]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, delete, func, select
+from sqlalchemy import ColumnElement, Connection, Select, delete, func, select
 
 from wtb_ray.domain.execution import Execution
 from wtb_ray.storage import blob_io, codec, rows
@@ -259,12 +259,16 @@ def _delete_rows(conn: Connection, ids: list[str], later: set[str],
 def delete_execution_rows(conn: Connection, ids: Collection[str] | Select) -> None:
     """Delete these executions (ids, or a query selecting them) and every row that is theirs
     alone; their blobs stay until ``collect`` finds them unreachable."""
-    events = select(outbox.c.event_id).where(outbox.c.aggregate_type == "execution",
-                                             outbox.c.aggregate_id.in_(ids))
-    conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
-    conn.execute(delete(outbox).where(outbox.c.aggregate_type == "execution",
-                                      outbox.c.aggregate_id.in_(ids)))
+    delete_events(conn, outbox.c.aggregate_type == "execution", outbox.c.aggregate_id.in_(ids))
     for table in (compensations, node_boundaries, audit_log, checkpoints, batch_results,
                   damaged_checkpoints):
         conn.execute(delete(table).where(table.c.execution_id.in_(ids)))
     conn.execute(delete(executions).where(executions.c.id.in_(ids)))
+
+
+def delete_events(conn: Connection, *where: ColumnElement[bool]) -> None:
+    """Delete the outbox events ``where`` selects, with the relay's record of the consumers
+    that applied them."""
+    events = select(outbox.c.event_id).where(*where)
+    conn.execute(delete(outbox_applied).where(outbox_applied.c.event_id.in_(events)))
+    conn.execute(delete(outbox).where(*where))
