@@ -8,7 +8,11 @@ import time
 
 import pytest
 
+from wtb_ray import END, Workflow
+from wtb_ray.engine.bench import Bench
 from wtb_ray.storage import db
+from wtb_ray.storage.change import Change
+from wtb_ray.storage.store import Store
 
 
 def _connect(path, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -56,3 +60,56 @@ def test_a_writer_gives_up_after_the_busy_timeout(tmp_path):
     assert not waiter.in_transaction
     assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 200
     holder.execute("ROLLBACK")
+
+
+def _counter() -> Workflow:
+    return Workflow("count", nodes={"add": lambda s: {"n": s["n"] + 1}}, edges={"add": END},
+                    entry="add")
+
+
+def test_the_stores_boundary_writer_waits_for_the_lock_and_keeps_the_pools_timeout(tmp_path):
+    """Boundary commits go through a connection of their own with SQLite's busy handler off
+    (db.writer_connection): it still waits for another writer's lock, and the pool's
+    connections keep their busy timeout."""
+    path = tmp_path / "wtb.db"
+    bench = Bench(Store.open(f"sqlite:///{path}", auto_migrate=True, busy_timeout_ms=30_000))
+    try:
+        assert bench.run(_counter(), {"n": 0}).status.value == "completed"
+        holder = _connect(path, 30_000)
+        ex = bench.create(_counter(), {"n": 10})
+        holder.execute("BEGIN IMMEDIATE")
+        done: list = []
+        thread = threading.Thread(target=lambda: done.append(bench.start(ex.id)))
+        thread.start()
+        time.sleep(0.3)
+        assert not done and thread.is_alive()  # waiting for the lock, not failed
+        holder.execute("ROLLBACK")
+        thread.join(10)
+        assert done and done[0].status.value == "completed"
+        assert bench.state(ex.id) == {"n": 11}
+        for _ in range(3):  # every pooled connection, not one the writer left behind
+            with bench.store.read() as conn:
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    finally:
+        bench.close()
+
+
+def test_the_stores_boundary_writer_gives_up_after_the_busy_timeout(tmp_path):
+    path = tmp_path / "wtb.db"
+    bench = Bench(Store.open(f"sqlite:///{path}", auto_migrate=True, busy_timeout_ms=200))
+    try:
+        bench.run(_counter(), {"n": 0})  # the writer connection exists
+        ex = bench.create(_counter(), {"n": 0})
+        holder = _connect(path, 30_000)
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                bench.store.commit(Change(ex.id, [ex.event("note")], {"step": 0},
+                                          fence_version=ex.version))
+        finally:
+            holder.execute("ROLLBACK")
+        assert time.monotonic() - started >= 0.2
+        assert bench.run(_counter(), {"n": 5}).status.value == "completed"  # usable after
+    finally:
+        bench.close()

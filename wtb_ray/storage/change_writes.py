@@ -32,15 +32,16 @@ def with_checkpoint(events: list[Event], checkpoint_id: int | None) -> list[Even
 
 def write_sqlite(dbapi: sqlite3.Connection, sql: change_sql.ChangeSQL, changes: list[Change],
                  exists: Callable[[str], bool],
-                 committed: Callable[[sqlite3.Connection], None] | None = None
-                 ) -> list[Committed | None]:
+                 committed: Callable[[sqlite3.Connection], None] | None = None,
+                 busy_timeout_ms: int | None = None) -> list[Committed | None]:
     """None where a change's fence failed (its savepoint is rolled back, the rest stay).
     ``exists`` tells whether an execution is still there (to name a deleted one);
-    ``committed`` is called once the transaction has committed."""
+    ``committed`` is called once the transaction has committed; ``busy_timeout_ms`` as
+    db.begin_immediate's ``timeout_ms``."""
     now = time.time()
     outcomes: list[Committed | None] = []
     cur = dbapi.cursor()
-    db.begin_immediate(dbapi)
+    db.begin_immediate(dbapi, busy_timeout_ms)
     try:
         for change in changes:
             if len(changes) > 1:

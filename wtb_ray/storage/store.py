@@ -71,6 +71,7 @@ class Store:
         self._raw_reads = raw_reads.RawReads(self.dialect)
         # The boundary write path keeps one DBAPI connection for the store's lifetime.
         self._hot: Any = None
+        self._hot_timeout_ms: int | None = None  # its busy timeout if db.writer_connection
         self._hot_lock = threading.Lock()
         self.write_latency = Latency()  # of commits, for the metrics endpoint
         self._wal = db.wal_checkpointer(engine)  # SQLite: told of every commit
@@ -175,7 +176,8 @@ class Store:
             else:
                 outcomes = change_writes.write_sqlite(
                     dbapi, self._sql, changes, self._exists,
-                    self._wal.committed if self._wal is not None else None)
+                    self._wal.committed if self._wal is not None else None,
+                    self._hot_timeout_ms)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for _ in changes:  # each change waited for the whole transaction
             self.write_latency.observe(elapsed_ms)
@@ -200,9 +202,11 @@ class Store:
         with self._hot_lock:
             raw = self._hot_connection()
             try:
-                yield raw.driver_connection
+                # dbapi_connection: the driver's own connection with both our (sync) drivers,
+                # and still there once detached from the pool (db.writer_connection).
+                yield raw.dbapi_connection
             except BaseException as exc:
-                if self.engine.dialect.is_disconnect(exc, raw.driver_connection, None):
+                if self.engine.dialect.is_disconnect(exc, raw.dbapi_connection, None):
                     self._hot = None
                     raw.invalidate(exc)
                     raise _Disconnected(str(exc)) from exc
@@ -210,6 +214,9 @@ class Store:
 
     def _hot_connection(self) -> Any:
         if self._hot is None:
+            if self._wal is not None:  # an SQLite file: see db.writer_connection
+                self._hot, self._hot_timeout_ms = db.writer_connection(self.engine)
+                return self._hot
             self._hot = self.engine.raw_connection()
             if self.dialect == "postgresql":
                 # Transactions are spelled out in the statement text (BEGIN ... COMMIT).
