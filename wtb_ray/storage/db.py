@@ -148,8 +148,8 @@ def writer_connection(engine: Engine) -> tuple[Any, int]:
     """A connection of ``engine``'s (an SQLite file's) for one writer alone, out of the pool
     (closing it closes it), with SQLite's busy handler off for good: (the SQLAlchemy
     connection, the busy timeout its ``begin_immediate`` is to poll for). Saves the three
-    statements a pooled connection's BEGIN spends turning the handler off and on (~10 us
-    of a ~20 us small commit here). Its other statements cannot meet a busy database: in
+    statements a pooled connection's BEGIN spends turning the handler off and on (10-20 us
+    a commit here). Its other statements cannot meet a busy database: in
     WAL mode a transaction that holds the write lock waits on no other, and its inline WAL
     checkpoints are PASSIVE, which never wait."""
     raw = engine.raw_connection()
