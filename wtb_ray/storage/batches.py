@@ -213,4 +213,3 @@ def _cell_forks(conn: Connection, batch_id: str) -> list[str]:
     return list(conn.execute(select(executions.c.id).where(
         executions.c.parent_execution_id.in_(_cells(batch_id)),
         or_(executions.c.batch_id.is_(None), executions.c.batch_id != batch_id))).scalars())
-
