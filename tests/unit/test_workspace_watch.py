@@ -250,6 +250,35 @@ def test_close_stops_watching(store, tmp_path):
     assert ws.last_examined >= 20
 
 
+def _inotify_fds() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_closed_watches_release_their_inotify_instances(tmp_path):
+    """Closing is handed to a thread (the kernel makes it wait); every instance is still
+    released, and counted as held until it is, so a process keeps starting watches."""
+    from wtb_ray.workspace import watch
+
+    before, held = _inotify_fds(), watch._held
+    for _ in range(watch.MAX_PER_PROCESS * 2):
+        w = None
+        deadline = time.monotonic() + 30
+        while w is None and time.monotonic() < deadline:  # all held: wait for a release
+            w = watch.Watch.start(lambda *_: False)
+        assert w is not None, "closed watches were never released"
+        w.add(str(tmp_path), "")
+        w.close()
+        assert w.fd is None and w.broken
+    def released() -> bool:  # (earlier tests' watches may be released meanwhile too)
+        return watch._held <= held and _inotify_fds() <= before
+
+    deadline = time.monotonic() + 30
+    while not released() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert released()
+
+
 def _paths(root: Path) -> tuple[list[Path], list[Path]]:
     """The workspace's files (and links) and directories, WTB's own directory left out."""
     files, dirs = [], []
