@@ -105,19 +105,21 @@ def _sqlite_change(cur: sqlite3.Cursor, sql: change_sql.ChangeSQL, change: Chang
 
 
 def write_postgres(dbapi: Any, changes: list[Change]) -> list[Committed | None]:
-    """One round trip for all changes, each one call of the store's function. A failed
-    fence aborts the whole transaction, so then each change is committed on its own to
-    find which one conflicts."""
+    """One round trip for all changes, each one call of the store's function, in one
+    transaction: the statements of one simple-protocol query are one transaction without a
+    BEGIN and COMMIT of their own (the connection is in autocommit). A failed fence aborts
+    the whole transaction, so then each change is committed on its own to find which one
+    conflicts."""
     import psycopg
 
     now = time.time()
     escaping = psycopg.pq.Escaping(dbapi.pgconn)
-    script = ";\n".join(["BEGIN", *(
+    script = b";\n".join(
         change_sql.postgres_call(c, {**c.values, "updated_at": now}, now, escaping)
-        for c in changes), "COMMIT"])
+        for c in changes)
     cur = psycopg.ClientCursor(dbapi)  # no parameters: one simple-protocol round trip
     try:
-        cur.execute(script.encode())
+        cur.execute(script)
         rows = []
         while True:  # one row per change
             if cur.pgresult is not None and cur.pgresult.ntuples:
