@@ -270,6 +270,7 @@ def test_closed_watches_release_their_inotify_instances(tmp_path):
         w.add(str(tmp_path), "")
         w.close()
         assert w.fd is None and w.broken
+
     def released() -> bool:  # (earlier tests' watches may be released meanwhile too)
         return watch._held <= held and _inotify_fds() <= before
 

@@ -237,4 +237,6 @@ def _json(call: dict[str, Any]) -> bytes:
     made is inside already as text (rows.dumps), so orjson's ways (NaN written as null, no
     integers past 64 bits) never apply; a value it cannot write raises, as before."""
     return orjson.dumps(call)
+
+
 SETTABLE = frozenset(EXECUTION_COLS) - {"id", "version"} | {"head_checkpoint_id"}
