@@ -219,7 +219,7 @@ class Store:
                 return self._hot
             self._hot = self.engine.raw_connection()
             if self.dialect == "postgresql":
-                # Transactions are spelled out in the statement text (BEGIN ... COMMIT).
+                # Each commit's string is one transaction (change_writes.write_postgres).
                 self._hot.driver_connection.autocommit = True
         return self._hot
 
