@@ -210,9 +210,11 @@ def postgres_call(change: Any, values: dict[str, Any], now: float, escaping: Any
         call["undo"] = _undo_rows(change, now)
     call["audits"] = [rows.audit_row(e) for e in change.events]
     call["outbox"] = [rows.outbox_row(e) for e in change.events]
-    text = _json(call)
+    # Every float here is a time or a duration, and every value a node made is text already
+    # (rows.dumps): orjson's ways (NaN written as null, no integers past 64 bits) never apply.
+    text = orjson.dumps(call)
     if b"\\u0000" in text:  # a NUL in some string (a node's error message, say)
-        text = _json(_without_nul(call))
+        text = orjson.dumps(_without_nul(call))
     return b"SELECT * FROM wtb_commit_change(" + escaping.escape_literal(text) + b")"
 
 
@@ -230,13 +232,6 @@ def _without_nul(value: Any) -> Any:
 def _bytea(data: bytes) -> str:
     """bytea's text form, as jsonb_populate_record reads it."""
     return "\\x" + bytes(data).hex()
-
-
-def _json(call: dict[str, Any]) -> bytes:
-    """The call's JSON. Every float in it is a time or a duration, and every value a node
-    made is inside already as text (rows.dumps), so orjson's ways (NaN written as null, no
-    integers past 64 bits) never apply; a value it cannot write raises, as before."""
-    return orjson.dumps(call)
 
 
 SETTABLE = frozenset(EXECUTION_COLS) - {"id", "version"} | {"head_checkpoint_id"}

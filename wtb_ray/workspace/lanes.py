@@ -11,10 +11,11 @@ here). A small restore is one lane, on the calling thread.
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from wtb_ray.workspace.threads import ProcessThreads
 
 WORKERS = 4
 # Local copies: one lane (the calling thread) below TWO_LANES bytes, two below ALL_LANES,
@@ -27,23 +28,18 @@ WORKERS = 4
 TWO_LANES, ALL_LANES = 2 << 20, 64 << 20
 FILE_BYTES = 32 << 10
 BATCH_BYTES = 1 << 20
-_pool: tuple[int, ThreadPoolExecutor] | None = None
 Write = tuple[str, str, list[Any]]  # (path, path in the workspace, tree entry)
 # How a local source can supply a file: (its path there, the stat key its index vouches for,
 # or else the quick fingerprints its index recorded when it was too recent to vouch for).
 Source = tuple[str, Any, list[str] | None]
 Copy = tuple[Write, list[Source]]
-_pool_lock = threading.Lock()
+_threads = ProcessThreads(WORKERS, "wtb-restore")
 
 
 def workers() -> ThreadPoolExecutor:
-    """The process's restore threads, started once (a fork or rollback should not pay for
-    starting threads), and again in a child process (which inherits none of them)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(WORKERS, thread_name_prefix="wtb-restore"))
-        return _pool[1]
+    """The process's restore threads (a fork or rollback should not pay for starting
+    threads)."""
+    return _threads.get()
 
 
 def plan(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:

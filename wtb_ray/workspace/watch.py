@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+
+from wtb_ray.workspace.threads import ProcessThreads
 
 try:  # Linux only; elsewhere every snapshot examines every file
     from inotify_simple import INotify
@@ -54,8 +54,9 @@ Ignored = Callable[[str, str, bool], bool]  # IgnoreRules.ignored
 MAX_PER_PROCESS = 32
 _held = 0
 _held_lock = threading.Lock()
-_closer: tuple[int, ThreadPoolExecutor] | None = None
-_closer_lock = threading.Lock()
+# Closing an instance waits in the kernel (see Watch.close): done on threads the process
+# keeps for it (starting a thread per close took ~60 us here, handing one over ~8).
+_closers = ProcessThreads(4, "wtb-watch-close")
 
 
 class Watch:
@@ -153,20 +154,9 @@ class Watch:
         if fd is None:
             return
         try:
-            _closers().submit(_release, fd)
+            _closers.get().submit(_release, fd)
         except RuntimeError:  # the interpreter is exiting: no new work for threads
             _release(fd)
-
-
-def _closers() -> ThreadPoolExecutor:
-    """The process's closing threads, started once (starting a thread per close took ~60 us
-    here, handing the close to a running one ~8), and again in a child process (which
-    inherits none)."""
-    global _closer
-    with _closer_lock:
-        if _closer is None or _closer[0] != os.getpid():
-            _closer = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="wtb-watch-close"))
-        return _closer[1]
 
 
 def _release(fd: INotify) -> None:
