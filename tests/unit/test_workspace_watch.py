@@ -2,6 +2,7 @@
 says changed, and records exactly what a snapshot that examines every file records, after
 every kind of change, including those the watch cannot see or gives up on."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -251,8 +252,13 @@ def test_close_stops_watching(store, tmp_path):
 
 
 def _inotify_fds() -> int:
-    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
-               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+    """How many inotify instances this process holds open (closing threads may close some
+    while they are counted)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return count
 
 
 def test_closed_watches_release_their_inotify_instances(tmp_path):
