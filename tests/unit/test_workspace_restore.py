@@ -279,9 +279,10 @@ def test_consecutive_copy_batches_come_from_different_directories(monkeypatch):
     once wait on its lock. Same-size files, listed directory by directory, are the worst
     case for an order by size alone."""
     monkeypatch.setattr(lanes, "BATCH_BYTES", 3 * (lanes.FILE_BYTES + 1000))
-    copies = [((f"/fork/{d}/{i}.bin", f"{d}/{i}.bin", ["f", 0o644, 1000, []]), [])
-              for d in ("a", "b", "c") for i in range(9)]
-    queue, _ = lanes.plan(copies)
+    groups = [[((f"/fork/{d}/{i}.bin", f"{d}/{i}.bin", ["f", 0o644, 1000, []]), [])
+               for i in range(9)] for d in ("a", "b", "c")]
+    copies = [c for group in groups for c in group]
+    queue, _ = lanes.plan(groups)
     parents = [{os.path.dirname(c[0][0]) for c in batch} for batch in queue]
     assert all(len(p) == 1 for p in parents)  # a batch is one directory's
     order = [p.pop() for p in parents]

@@ -42,30 +42,34 @@ def workers() -> ThreadPoolExecutor:
     return _threads.get()
 
 
-def plan(copies: list[Copy]) -> tuple[deque[list[Copy]], int]:
-    """``copies`` in batches of about BATCH_BYTES, each of one directory's files (largest
-    first), taken from the directories in turn, and how many lanes should take them. Lanes
-    take batches one after another, so at any time they create files in different
-    directories: creating files in one directory from two threads at once serialises on its
-    lock (two lanes in one directory were slower than one here, two in different ones
-    faster)."""
+def plan(groups: list[list[Copy]]) -> tuple[deque[list[Copy]], int]:
+    """The copies of each directory (``groups``: one list per directory, as a restore finds
+    them) in batches of about BATCH_BYTES, largest files first, taken from the directories
+    in turn, and how many lanes should take them. Lanes take batches one after another, so
+    at any time they create files in different directories: creating files in one directory
+    from two threads at once serialises on its lock (two lanes in one directory were slower
+    than one here, two in different ones faster)."""
     def cost(c: Copy) -> int:
         return c[0][2][2] + FILE_BYTES
 
-    by_dir: dict[str, list[list[Copy]]] = {}
-    filled: dict[str, int] = {}  # the cost in each directory's last batch
+    turns: list[list[list[Copy]]] = []
     total = 0
-    for c in sorted(copies, key=cost, reverse=True):
-        parent, n = os.path.dirname(c[0][0]), cost(c)
-        if filled.get(parent, BATCH_BYTES) >= BATCH_BYTES:  # none yet, or the last is full
-            by_dir.setdefault(parent, []).append([])
-            filled[parent] = 0
-        by_dir[parent][-1].append(c)
-        filled[parent] += n
-        total += n
+    for copies in groups:
+        batches: list[list[Copy]] = [[]]
+        filled = 0
+        for c in sorted(copies, key=cost, reverse=True):
+            if filled >= BATCH_BYTES:
+                batches.append([])
+                filled = 0
+            n = cost(c)
+            batches[-1].append(c)
+            filled += n
+            total += n
+        if batches[0]:
+            turns.append(batches)
     count = 1 if total < TWO_LANES else min(_cpus(), 2 if total < ALL_LANES else WORKERS)
     queue: deque[list[Copy]] = deque()
-    turns = sorted(by_dir.values(), key=len, reverse=True)
+    turns.sort(key=len, reverse=True)
     for i in range(len(turns[0]) if turns else 0):
         queue.extend(batches[i] for batches in turns if i < len(batches))
     return queue, count

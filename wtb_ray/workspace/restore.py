@@ -40,8 +40,8 @@ class Restore:
         self.store = store
         self.fresh: dict[str, Any] = {}
         # Files to write once every directory is synced: those a source has are copied from
-        # it (``local``), the rest written from the store (``remote``).
-        self.local: list[Copy] = []
+        # it (``local``: a list per directory), the rest written from the store (``remote``).
+        self.local: list[list[Copy]] = []
         self.remote: list[Write] = []
         self.writer = Writer(store)
         self.touched: list[tuple[str, str, list[str]]] = []  # chmod-ed or hashed: re-stat
@@ -80,6 +80,12 @@ class Restore:
                      if rel not in gone and not rel.startswith(under)}
         self.index.replace(self.fresh, quick)
         self.index.save()
+        # Drop the per-file lists while the collector is still paused (the caller's pause
+        # ends before this object goes): freed now, they never count towards a collection;
+        # kept, the first allocation after the pause collected all of them (~1 ms a 200 MB
+        # fork) and promoted them towards a full collection.
+        self.local, self.remote, self.touched, self.fresh = [], [], [], {}
+        self.writer = Writer(self.store)
 
     def _sync(self, path: str, prefix: str, tree_hash: str, new: bool = False) -> None:
         """Make ``path`` hold the tree ``tree_hash``; ``new``: ``path`` is yet to be made (it
@@ -152,13 +158,18 @@ class Restore:
         self._dispatch(writes)
 
     def _dispatch(self, writes: list[Write]) -> None:
+        """One directory's files to write: copied from a source that has them, else
+        written from the store."""
+        local = []
         for w in writes:
             found = [s for root, index in self.sources if (s := _source(root, index, w[1],
                                                                          w[2][3]))]
             if found:
-                self.local.append((w, found))
+                local.append((w, found))
             else:
                 self.remote.append(w)
+        if local:
+            self.local.append(local)
 
     def _same(self, path: str, rel: str, st: os.stat_result, entry: list[Any]) -> bool:
         chunks = self.index.lookup(rel, st)

@@ -30,13 +30,13 @@ class Writer:
         # Files written, with their stat taken before closing them (by the writing thread).
         self.written: list[tuple[str, list[str], os.stat_result]] = []
 
-    def run(self, new_dirs: list[tuple[str, str]], watch: Watch | None, local: list[Copy],
-            remote: list[Write]) -> None:
+    def run(self, new_dirs: list[tuple[str, str]], watch: Watch | None,
+            local: list[list[Copy]], remote: list[Write]) -> None:
         """Make ``new_dirs`` (path, prefix; parents first), watched if there is a watch;
-        then copy what sources have in lanes while what no source had is written from the
-        store (fetched here, written on the pool's threads; copies, decompression and writes
-        release the GIL); then this thread copies too, until the queue is empty. Last, what
-        a copy found changed comes from the store too."""
+        then copy what sources have (``local``: a list per directory) in lanes while what no
+        source had is written from the store (fetched here, written on the pool's threads;
+        copies, decompression and writes release the GIL); then this thread copies too,
+        until the queue is empty. Last, what a copy found changed comes from the store too."""
         try:
             for path, prefix in new_dirs:
                 with contextlib.suppress(FileExistsError):
