@@ -63,6 +63,24 @@ def outbox_rows(store):
         select(outbox).order_by(outbox.c.id))])
 
 
+def stop_relay(relay: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
+    """SIGINT, then the relay's output once it exits. One that does not exit in time is
+    aborted: started with PYTHONFAULTHANDLER=1, it prints every thread's stack, which the
+    failure shows."""
+    relay.send_signal(signal.SIGINT)
+    try:
+        return relay.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        relay.send_signal(signal.SIGABRT)
+        try:
+            _, err = relay.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            _, err = relay.communicate()
+        pytest.fail(f"the relay did not exit within {timeout} s of SIGINT; its stderr "
+                    f"ends:\n{err[-6000:]}")
+
+
 def in_order_per_aggregate(events):
     """Each aggregate's events arrived in the order they were written (outbox id order)."""
     seen = defaultdict(list)
@@ -186,11 +204,49 @@ def test_dead_letters_are_given_back_by_the_cli_and_the_configured_secret_signs(
     relay.close()
 
 
+def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_durable_url,
+                                                                      tmp_path):
+    """Ctrl-C asks the relay to stop: it finishes delivering and settling the events it
+    claimed, then closes its consumers and store, and exits with its figures. (Closed under
+    the round, its webhook client and store failed the round's deliveries.)"""
+    receiver = Receiver(SECRET, delay_s=0.05)
+    with Bench(Store.open(fresh_durable_url, auto_migrate=True),
+               settings=Settings(home=tmp_path)) as bench:
+        run_batch(bench, batch_spec(receiver.url, cases=2))
+        total = len(outbox_rows(bench.store))
+    env = subprocess_env(fresh_durable_url, WTB_HOME=str(tmp_path), PYTHONFAULTHANDLER="1",
+                         WTB_OUTBOX_BATCH_SIZE=str(total))  # one round claims them all
+    relay = subprocess.Popen(wtb_cmd("outbox", "relay", "--json"), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "relaying outbox events" in relay.stderr.readline()
+        deadline = time.time() + 30
+        while not receiver.requests:  # the round is under way
+            assert time.time() < deadline and relay.poll() is None
+            time.sleep(0.005)
+        at_signal = len(receiver.requests)
+        out, err = stop_relay(relay)
+    finally:
+        receiver.stop()
+        if relay.poll() is None:
+            relay.kill()
+    assert relay.returncode == 0, err
+    assert at_signal < total / 2  # the signal came early in the round
+    store = Store.open(fresh_durable_url)
+    try:
+        rows = outbox_rows(store)
+    finally:
+        store.close()
+    assert json.loads(out)["delivered"] == total == len(receiver.applied)
+    assert all(r["status"] == "delivered" and r["claimed_by"] is None for r in rows)
+
+
 def test_two_relays_on_postgres_never_deliver_one_event_at_once(create_pg_database, pgbouncer,
                                                                 tmp_path):
     url = pgbouncer.url(create_pg_database())
     receiver = Receiver(SECRET, delay_s=0.005)
-    env = subprocess_env(url, WTB_OUTBOX_BATCH_SIZE="25", WTB_OUTBOX_POLL_INTERVAL_SECONDS="0.02")
+    env = subprocess_env(url, WTB_OUTBOX_BATCH_SIZE="25", WTB_OUTBOX_POLL_INTERVAL_SECONDS="0.02",
+                         PYTHONFAULTHANDLER="1")
     relays = [subprocess.Popen(wtb_cmd("outbox", "relay", "--json"), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
@@ -212,8 +268,7 @@ def test_two_relays_on_postgres_never_deliver_one_event_at_once(create_pg_databa
             store.close()
         figures = []
         for p in relays:
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=60)
+            out, err = stop_relay(p)
             assert p.returncode == 0, err
             figures.append(json.loads(out))
     finally:

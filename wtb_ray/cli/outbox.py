@@ -101,15 +101,33 @@ def relay(once: Annotated[bool, typer.Option(
 
 
 def _run_until_signal(relay) -> None:
+    """Relay on a worker thread until SIGINT or SIGTERM, then wait for its round to end:
+    the caller closes the consumers and the store after this returns. A signal only asks
+    the relay to stop; a KeyboardInterrupt raised into the join below would not do: Python
+    3.11 then takes the thread for finished while it still runs (Thread.join after an
+    interrupted join returns at once), and the store was closed under its last round. A
+    second Ctrl-C stops waiting. SIGINT is left alone if it was ignored (a job started in
+    the background without job control)."""
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and relay.stopping:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the round
+        relay.stop()
+
     worker = threading.Thread(target=relay.run, name="wtb-outbox-relay", daemon=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     worker.start()
     err.print(f"relaying outbox events as {relay.owner} (Ctrl-C stops)", highlight=False)
     try:
         while worker.is_alive():
             worker.join(0.5)
     except KeyboardInterrupt:
-        relay.stop()
-        worker.join()
+        err.print("interrupted again: not waiting for the round under way; the events it "
+                  "claimed are delivered again once the claim runs out "
+                  "(WTB_OUTBOX_CLAIM_SECONDS)", highlight=False)
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -94,6 +94,11 @@ class Relay:
         self._stop.set()
         self._nudge.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called (``run`` returns after its current round)."""
+        return self._stop.is_set()
+
     def wake(self) -> None:
         self._nudge.set()
 
