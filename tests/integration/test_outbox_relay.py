@@ -63,11 +63,12 @@ def outbox_rows(store):
         select(outbox).order_by(outbox.c.id))])
 
 
-def stop_relay(relay: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
-    """SIGINT, then the relay's output once it exits. One that does not exit in time is
-    aborted: started with PYTHONFAULTHANDLER=1, it prints every thread's stack, which the
-    failure shows."""
-    relay.send_signal(signal.SIGINT)
+def stop_relay(relay: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60
+               ) -> tuple[str, str]:
+    """Signal the relay to stop (SIGTERM, as a service manager does, unless told), then its
+    output once it exits. One that does not exit in time is aborted: started with
+    PYTHONFAULTHANDLER=1, it prints every thread's stack, which the failure shows."""
+    relay.send_signal(sig)
     try:
         return relay.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -77,8 +78,15 @@ def stop_relay(relay: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
         except subprocess.TimeoutExpired:
             relay.kill()
             _, err = relay.communicate()
-        pytest.fail(f"the relay did not exit within {timeout} s of SIGINT; its stderr "
-                    f"ends:\n{err[-6000:]}")
+        pytest.fail(f"the relay did not exit within {timeout} s of {signal.Signals(sig).name}; "
+                    f"its stderr ends:\n{err[-6000:]}")
+
+
+def ctrl_c_reaches_it() -> None:
+    """In the relay's process, before it starts: Ctrl-C (SIGINT) handled as in a terminal.
+    A test run started in the background by a shell without job control ignores SIGINT, and
+    so would the relay (it leaves an ignored SIGINT ignored, as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def in_order_per_aggregate(events):
@@ -208,7 +216,8 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
                                                                       tmp_path):
     """Ctrl-C asks the relay to stop: it finishes delivering and settling the events it
     claimed, then closes its consumers and store, and exits with its figures. (Closed under
-    the round, its webhook client and store failed the round's deliveries.)"""
+    the round, as when a KeyboardInterrupt ended the wait for it, its webhook client and
+    store failed the round's deliveries.)"""
     receiver = Receiver(SECRET, delay_s=0.05)
     with Bench(Store.open(fresh_durable_url, auto_migrate=True),
                settings=Settings(home=tmp_path)) as bench:
@@ -217,7 +226,8 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
     env = subprocess_env(fresh_durable_url, WTB_HOME=str(tmp_path), PYTHONFAULTHANDLER="1",
                          WTB_OUTBOX_BATCH_SIZE=str(total))  # one round claims them all
     relay = subprocess.Popen(wtb_cmd("outbox", "relay", "--json"), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=ctrl_c_reaches_it)
     try:
         assert "relaying outbox events" in relay.stderr.readline()
         deadline = time.time() + 30
@@ -225,7 +235,7 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
             assert time.time() < deadline and relay.poll() is None
             time.sleep(0.005)
         at_signal = len(receiver.requests)
-        out, err = stop_relay(relay)
+        out, err = stop_relay(relay, signal.SIGINT)
     finally:
         receiver.stop()
         if relay.poll() is None:
