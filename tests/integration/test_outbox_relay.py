@@ -229,7 +229,7 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=ctrl_c_reaches_it)
     try:
-        assert "relaying outbox events" in relay.stderr.readline()
+        assert "(Ctrl-C stops)" in relay.stderr.readline()
         deadline = time.time() + 30
         while not receiver.requests:  # the round is under way
             assert time.time() < deadline and relay.poll() is None
@@ -249,6 +249,29 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
         store.close()
     assert json.loads(out)["delivered"] == total == len(receiver.applied)
     assert all(r["status"] == "delivered" and r["claimed_by"] is None for r in rows)
+
+
+def test_a_relay_started_with_sigint_ignored_keeps_it_ignored_and_says_how_to_stop_it(
+        fresh_durable_url, tmp_path):
+    """A job started in the background without job control ignores SIGINT; the relay leaves
+    it ignored (as `nohup` and service managers expect), names the signal that does stop it,
+    and stops on that one with its figures."""
+    env = subprocess_env(fresh_durable_url, WTB_HOME=str(tmp_path), PYTHONFAULTHANDLER="1",
+                         WTB_AUTO_MIGRATE="1")
+    relay = subprocess.Popen(wtb_cmd("outbox", "relay", "--json"), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert f"(SIGTERM to {relay.pid} stops)" in relay.stderr.readline()
+        relay.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # still relaying
+            relay.wait(timeout=1.5)
+        out, err = stop_relay(relay)
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+    assert relay.returncode == 0, err
+    assert json.loads(out)["delivered"] == 0
 
 
 def test_two_relays_on_postgres_never_deliver_one_event_at_once(create_pg_database, pgbouncer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -119,7 +120,8 @@ def _run_until_signal(relay) -> None:
         signals.append(signal.SIGINT)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     worker.start()
-    err.print(f"relaying outbox events as {relay.owner} (Ctrl-C stops)", highlight=False)
+    stops = "Ctrl-C stops" if signal.SIGINT in signals else f"SIGTERM to {os.getpid()} stops"
+    err.print(f"relaying outbox events as {relay.owner} ({stops})", highlight=False)
     try:
         while worker.is_alive():
             worker.join(0.5)
