@@ -253,9 +253,9 @@ def test_a_relay_stopped_mid_round_settles_that_round_before_it_exits(fresh_dura
 
 def test_a_relay_started_with_sigint_ignored_keeps_it_ignored_and_says_how_to_stop_it(
         fresh_durable_url, tmp_path):
-    """A job started in the background without job control ignores SIGINT; the relay leaves
-    it ignored (as `nohup` and service managers expect), names the signal that does stop it,
-    and stops on that one with its figures."""
+    """A job started in the background by a shell without job control ignores SIGINT, so
+    that a Ctrl-C meant for the foreground does not reach it; the relay leaves it ignored,
+    names the signal that does stop it, and stops on that one with its figures."""
     env = subprocess_env(fresh_durable_url, WTB_HOME=str(tmp_path), PYTHONFAULTHANDLER="1",
                          WTB_AUTO_MIGRATE="1")
     relay = subprocess.Popen(wtb_cmd("outbox", "relay", "--json"), env=env,
